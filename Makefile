@@ -1,0 +1,32 @@
+# The two commands of the README. Both set themselves up on a fresh machine (Python 3.11, no GPU):
+#   make laptop   the whole pipeline at laptop scale on real CIFAR-10 (about 15 minutes on 2 cores)
+#   make test     the whole test suite
+# `make laptop DATA=/path/to/cifar10-jpg.tar.gz` uses an offline image-folder copy instead of the
+# torchvision download.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: laptop test smoke bench lint clean-results
+
+$(STAMP): pyproject.toml envs/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c envs/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+laptop: $(STAMP)
+	$(BIN)/snakemake --profile profiles/laptop \
+		$(if $(DATA),--config 'data={"source": "imagefolder", "path": "$(abspath $(DATA))"}')
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+smoke: $(STAMP)
+	$(BIN)/snakemake --profile profiles/smoke
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/ruff check pipeline_scripts tests

@@ -1,0 +1,7 @@
+"""earlyphase: pure, importable building blocks of the Early-Phase pipeline.
+
+One concept per module (see README "Code map"). Nothing here imports snakemake or invents a path:
+entry points in ``pipeline_scripts/*.py`` read ``snakemake.*`` and call into these modules.
+"""
+
+__version__ = "0.1.0"

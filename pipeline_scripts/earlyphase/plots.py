@@ -1,0 +1,237 @@
+"""Figures drawn from summary files (``aggregate.summarise``); never from raw metrics files.
+
+Layers, so later figures reuse the same pieces:
+  * ``draw_accuracy_vs_sparsity(ax, summary, ...)`` draws one panel onto a given Axes: the shape of
+    Figures 1, 4-10 and A2: test accuracy against % of weights remaining, one line per series.
+  * ``new_figure`` / ``save`` make a figure without pyplot's global state and write PDF/PNG files.
+  * ``figure_accuracy_vs_sparsity`` = one panel in one figure; ``figure1`` names Figure 1's series.
+Multi-panel figures (one panel per rewind iteration k) call ``new_figure(ncols=...)``, compute
+``series_colors`` once over every series they show so a variant has the same colour in each panel,
+and call the panel function per Axes.
+
+Matplotlib's ``Figure`` is used directly with the Agg canvas (no ``pyplot``), so importing this
+module never changes the process's backend and figures are not kept alive by a global registry.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from . import aggregate
+
+PANEL_SIZE = (5.0, 3.5)  # inches, one paper panel (Figure 1)
+PNG_DPI = 150
+REFERENCE_COLOR = "0.25"  # the dense network's line: dark grey, never one of the series colours
+BAND_ALPHA = 0.2  # opacity of the +-1 std bands
+MAX_XTICKS = 9  # Figure 1 labels 8 levels (every other one); thin the ticks beyond this
+
+# Paper spelling of the network names of Table A1; other names are shown as they are.
+_DISPLAY_NAMES = [
+    (r"resnet(\d+)", "ResNet-{0}"),
+    (r"resnet(\d+)_w(\d+)", "ResNet-{0} (width {1})"),
+    (r"wrn(\d+)_(\d+)", "WRN-{0}-{1}"),
+    (r"vgg(\d+)", "VGG-{0}"),
+    (r"vgg(\d+)_w(\d+)", "VGG-{0} (width {1})"),
+]
+
+
+def network_display_name(network: str) -> str:
+    """``resnet20`` -> ``ResNet-20``, ``wrn16_8`` -> ``WRN-16-8``, ``vgg13`` -> ``VGG-13``."""
+    for pattern, template in _DISPLAY_NAMES:
+        m = re.fullmatch(pattern, network)
+        if m:
+            return template.format(*m.groups())
+    return network
+
+
+def series_colors(names: list[str]) -> dict[str, str]:
+    """One distinct colour per series, by position: tab10 for up to 10 series, tab20 beyond."""
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"].colors
+    if len(names) > len(palette):
+        raise ValueError(f"{len(names)} series is more than one panel can tell apart")
+    return {name: to_hex(palette[i]) for i, name in enumerate(names)}
+
+
+def percent_label(percent: float) -> str:
+    """Tick label as in the paper's figures: 100.0, 64.0, 41.0, 26.2, ..., 4.4."""
+    return f"{percent:.1f}"
+
+
+def _xticks(percents) -> list[float]:
+    """Distinct measured percents, largest first, thinned evenly to at most MAX_XTICKS."""
+    unique = sorted({round(float(p), 1) for p in percents}, reverse=True)
+    step = math.ceil(len(unique) / MAX_XTICKS)
+    return unique[::step]
+
+
+def draw_accuracy_vs_sparsity(
+    ax: Axes,
+    summary: dict,
+    *,
+    series: list[str] | None = None,
+    labels: dict | None = None,
+    reference: str | None = "dense",
+    colors: dict | None = None,
+    title: str = "",
+    legend: bool = True,
+) -> None:
+    """Draw one accuracy-vs-sparsity panel from a ``aggregate.read_summary`` result onto ``ax``.
+
+    Each series is its mean (line + marker) with a shaded +-1 std band across seeds. ``reference``
+    (level 0 of that series, normally the dense network) is a horizontal line with its own band.
+    The x axis is log-scaled and runs from 100 % on the left to the sparsest level on the right,
+    ticked at the measured percents, as in the paper. ``series`` defaults to every series but the
+    reference, in file order; ``colors`` defaults to ``series_colors(series)``.
+    """
+    known = aggregate.series_names(summary)
+    if series is None:
+        series = [name for name in known if name != reference]
+    missing = [name for name in series + ([reference] if reference else []) if name not in known]
+    if missing:
+        raise ValueError(f"series {missing} not in the summary; it has {known}")
+    labels = labels or {}
+    colors = colors or series_colors(series)
+
+    percents = []
+    for name in series:
+        s = summary[name]
+        x, mean, std = s["remaining_percent"], s["mean"], s["std"]
+        color = colors[name]
+        ax.plot(
+            x,
+            mean,
+            marker="o",
+            markersize=3.5,
+            linewidth=1.4,
+            color=color,
+            label=labels.get(name, name),
+        )
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=BAND_ALPHA, linewidth=0)
+        percents.extend(x)
+
+    if reference is not None:
+        ref = summary[reference]
+        i = int(np.argmin(ref["level"]))
+        mean, std = float(ref["mean"][i]), float(ref["std"][i])
+        ax.axhline(
+            mean,
+            color=REFERENCE_COLOR,
+            linestyle="--",
+            linewidth=1.2,
+            label=labels.get(reference, reference),
+        )
+        if std > 0:
+            ax.axhspan(
+                mean - std, mean + std, color=REFERENCE_COLOR, alpha=BAND_ALPHA / 2, linewidth=0
+            )
+        percents.append(float(ref["remaining_percent"][i]))
+
+    ax.set_xscale("log")
+    ticks = _xticks(percents)
+    if ticks:
+        # Left limit > right limit inverts the axis: 100 % on the left, like the paper.
+        ax.set_xlim(max(ticks) * 1.08, min(ticks) / 1.08)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(ticks, [percent_label(t) for t in ticks])
+    ax.set_xlabel("Percent of weights remaining")
+    ax.set_ylabel("Test accuracy (%)")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(loc="lower left", fontsize="small", frameon=True)
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, panel_size=PANEL_SIZE) -> tuple[Figure, np.ndarray]:
+    """A figure of ``nrows x ncols`` paper-sized panels on the Agg canvas; returns (fig, axes)."""
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save(fig: Figure, out_paths: list[str]) -> None:
+    """Write ``fig`` to every path; the format follows the suffix (.pdf, .png at PNG_DPI dpi).
+
+    Each file is written to a temp file and renamed, so a crash never leaves a partial figure that
+    Snakemake could take for a result. PDFs carry no creation date, so re-drawing is byte-stable.
+    """
+    for path in map(Path, out_paths):
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in ("pdf", "png"):
+            raise ValueError(f"cannot tell the figure format of {path}: use .pdf or .png")
+        options = {"dpi": PNG_DPI} if fmt == "png" else {"metadata": {"CreationDate": None}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, **options)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def figure_accuracy_vs_sparsity(
+    summary_path,
+    out_paths: list[str],
+    *,
+    series: list[str] | None = None,
+    labels: dict | None = None,
+    reference: str | None = "dense",
+    title: str = "",
+    ax: Axes | None = None,
+) -> None:
+    """Accuracy vs % weights remaining from one summary file, written to every ``out_paths``.
+
+    With ``ax`` the panel is drawn onto that Axes and its whole figure is saved (``out_paths`` may
+    then be empty, leaving the saving to the caller).
+    """
+    summary = aggregate.read_summary(summary_path)
+    fig = ax.figure if ax is not None else None
+    if ax is None:
+        fig, axes = new_figure()
+        ax = axes[0, 0]
+    draw_accuracy_vs_sparsity(
+        ax, summary, series=series, labels=labels, reference=reference, title=title
+    )
+    save(fig, out_paths)
+
+
+_REWIND = re.compile(r"rewind(\d+)")
+
+
+def rewind_series(summary: dict) -> list[str]:
+    """The ``rewind<k>`` series of a summary, sorted by k."""
+    names = [n for n in aggregate.series_names(summary) if _REWIND.fullmatch(n)]
+    return sorted(names, key=lambda n: int(_REWIND.fullmatch(n)[1]))
+
+
+def figure1(summary_path, out_paths: list[str], network: str) -> None:
+    """Figure 1 (ResNet-20) / A2 (other networks): IMP with rewinding to several iterations k."""
+    summary = aggregate.read_summary(summary_path)
+    series = rewind_series(summary)
+    if not series:
+        raise ValueError(f"{summary_path} has no rewind<k> series")
+    labels = {n: f"Rewind to {_REWIND.fullmatch(n)[1]}" for n in series}
+    labels["dense"] = "Dense network"
+    figure_accuracy_vs_sparsity(
+        summary_path,
+        out_paths,
+        series=series,
+        labels=labels,
+        reference="dense",
+        title=f"{network_display_name(network)} (CIFAR-10)",
+    )

@@ -1,0 +1,184 @@
+"""One mechanism for every training job: start state + optional mask -> trained run files.
+
+Dense runs, IMP levels, perturbation branches and pre-trained starts differ only in
+  * where the starting weights come from (``init``: a fresh seeded initialisation or a checkpoint,
+    optionally transformed by a named ``perturbation``), and
+  * which mask constrains them (none, a mask file, or a new mask pruned from a previous level).
+Everything else (data, loop, outputs, provenance, resume) is shared, so an experiment family is a
+new way of naming a start state, not a copy of the training code (issue 3, item 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__, checkpoint, data, device, models, prune, rng
+from .hparams import TrainingHparams
+from .metrics import write_run
+from .train import RunOptions, train
+
+
+@dataclass(frozen=True)
+class Job:
+    network: str
+    seed: int
+    data_path: str
+    hparams: dict  # TrainingHparams fields
+    runtime: dict  # device, deterministic, compile, eval_batch_size, log_every, checkpoint_seconds
+    eval_every: float  # evaluate every this many epochs (and at the end)
+    out_final: str
+    out_metrics: str
+    workdir: str  # resume state and snapshots; outside the job's outputs, removed on success
+    threads: int = 1
+    init: str | None = None  # checkpoint to start from; None = fresh init from the seed
+    snapshots: dict = field(default_factory=dict)  # iteration -> output path
+    mask_in: str | None = None  # train under this mask
+    prune_from: tuple | None = None  # (prev final weights, prev mask or None): make a new mask
+    prune_fraction: float = 0.2
+    prune_exclude: list | None = None  # None -> the network's framework default
+    level: int = 0
+    out_mask: str | None = None
+    attrs: dict = field(default_factory=dict)  # experiment identity, written to the metrics file
+    eval_iterations: tuple = ()  # extra evaluation points (telemetry)
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the workflow checkout, when there is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def config_hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_schedule(total: int, ipe: int, every_epochs: float, extra=()) -> list[int]:
+    step = max(1, round(every_epochs * ipe)) if every_epochs > 0 else total
+    return sorted(set(range(0, total + 1, step)) | {total} | {i for i in extra if 0 <= i <= total})
+
+
+def build_start(job: Job, dev: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The model at its starting state; returns (model, init_std per layer)."""
+    model = models.build(job.network)
+    init_std = models.initialise(model, rng.generator(job.seed, "init"))
+    if job.init is not None:
+        ck = checkpoint.load(job.init)
+        if ck["network"] and ck["network"] != job.network:
+            raise ValueError(
+                f"{job.init} holds a {ck['network']} but this job trains {job.network}"
+            )
+        model.load_state_dict(ck["state_dict"])
+    return model.to(dev), init_std
+
+
+def make_mask(job: Job, model) -> dict | None:
+    if job.mask_in is not None:
+        return prune.load(job.mask_in)
+    if job.prune_from is None:
+        return None
+    prev_weights, prev_mask = job.prune_from
+    weights = checkpoint.load(prev_weights)["state_dict"]
+    names = models.prunable(model, job.network, job.prune_exclude)
+    mask = prune.load(prev_mask) if prev_mask else prune.full_mask(weights, names)
+    return prune.global_magnitude(weights, mask, job.prune_fraction)
+
+
+def run(job: Job, log: Callable[[str], None] = print) -> dict:
+    """Train one job and write its declared outputs; returns the metrics file's root attributes."""
+    device.configure(job.threads, job.runtime.get("deterministic", True))
+    dev = device.select(job.runtime.get("device", "auto"))
+    hp = TrainingHparams.from_dict(job.hparams)
+    ds = data.load(job.data_path, dev)
+    model, init_std = build_start(job, dev)
+    mask = make_mask(job, model)
+
+    n = ds.train_x.shape[0]
+    total, ipe = hp.total_iterations(n), hp.iterations_per_epoch(n)
+    opts = RunOptions(
+        seed=job.seed,
+        eval_iterations=eval_schedule(total, ipe, job.eval_every, job.eval_iterations),
+        snapshot_iterations=sorted(int(k) for k in job.snapshots),
+        log_every=int(job.runtime.get("log_every", 100)),
+        eval_batch_size=int(job.runtime.get("eval_batch_size", 250)),
+        checkpoint_seconds=float(job.runtime.get("checkpoint_seconds", 600)),
+        compile=bool(job.runtime.get("compile", False)),
+    )
+    log(
+        f"{job.network} seed {job.seed}: {total} iterations ({ipe}/epoch) on {dev}, "
+        f"{torch.get_num_threads()} thread(s)"
+        + (f", {prune.remaining_fraction(mask):.4f} of weights kept" if mask else "")
+    )
+    started = time.time()
+    result = train(
+        model, ds, hp, opts, workdir=job.workdir, mask=mask, network=job.network, log=log
+    )
+
+    meta = {"hparams": hp.to_dict(), "seed": job.seed, "code_version": code_version()}
+    attrs = {
+        **job.attrs,
+        "network": job.network,
+        "seed": job.seed,
+        "level": job.level,
+        "hparams": hp.to_dict(),
+        "config_hash": config_hash(
+            job.hparams, job.eval_every, job.init is None, job.prune_fraction
+        ),
+        "code_version": meta["code_version"],
+        "torch_version": torch.__version__,
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "data_file": str(job.data_path),
+        "data_sha256_train": ds.provenance.get("sha256_train_images", ""),
+        "init": job.init or f"random(seed={job.seed})",
+        "total_iterations": total,
+        "iterations_per_epoch": ipe,
+        "n_train": n,
+        "n_test": int(ds.test_x.shape[0]),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "weights_remaining_fraction": prune.remaining_fraction(mask) if mask else 1.0,
+    }
+    # Outputs: snapshots first (moved out of the workdir), then final weights, mask and metrics.
+    for k, out in job.snapshots.items():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(result.snapshots[int(k)], out)
+    checkpoint.save(
+        job.out_final, model.state_dict(), iteration=total, network=job.network, meta=meta
+    )
+    if job.out_mask is not None:
+        prune.save(job.out_mask, mask, level=job.level, meta=meta)
+    write_run(
+        job.out_metrics,
+        result.metrics,
+        attrs,
+        sparsity=prune.counts(mask) if mask else None,
+        init_std=init_std if job.init is None else None,
+    )
+    shutil.rmtree(job.workdir, ignore_errors=True)
+    log(
+        f"done: final test accuracy {result.metrics.eval_accuracy[-1]:.4f}, "
+        f"{result.metrics.images / max(result.metrics.train_seconds, 1e-9):.0f} img/s"
+    )
+    return attrs

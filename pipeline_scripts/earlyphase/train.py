@@ -1,0 +1,305 @@
+"""The training loop every job uses: dense runs, IMP levels, perturbation and pre-training branches.
+
+Fast by construction (issue 7): the data set is a uint8 tensor on the device, augmentation is batched
+(``augment``), the model runs channels_last (bf16 autocast on CUDA), masks are applied with two
+``_foreach_mul_`` calls, and the host synchronises only every ``log_every`` steps (to record the
+training loss and stop on a non-finite one) and at evaluations.
+
+Resumable: every ``checkpoint_seconds`` and on SIGTERM (SLURM pre-emption) the full state goes to
+``workdir/resume.pt``; a re-run of the job continues from there with bit-identical results, because
+all randomness is keyed by (seed, purpose, epoch) rather than carried in generator state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import augment, checkpoint
+from .data import Dataset
+from .hparams import TrainingHparams
+
+RESUME_FORMAT = "earlyphase-resume/1"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
+    """Raised after the resume state was saved in response to SIGTERM."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    seed: int  # replicate seed: data order and augmentation derive from it
+    eval_iterations: Sequence[int] = ()  # evaluate on the test set after these many steps
+    snapshot_iterations: Sequence[
+        int
+    ] = ()  # keep the weights after these many steps (rewind points)
+    log_every: int = 100  # steps between training-loss records / non-finite checks (host syncs)
+    eval_batch_size: int = 250  # measured fastest on a 2-core CPU (issue 7); bigger on GPUs is fine
+    checkpoint_seconds: float = 600.0  # wall seconds between resume-state saves
+    compile: bool = False  # torch.compile the model (pays only for long runs on GPUs; issue 7)
+    label_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y): pre-training tasks
+
+
+@dataclass
+class Metrics:
+    train_iteration: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    eval_iteration: list = field(default_factory=list)
+    eval_loss: list = field(default_factory=list)
+    eval_accuracy: list = field(default_factory=list)
+    eval_wall_seconds: list = field(default_factory=list)  # training wall time when evaluated
+    train_seconds: float = 0.0  # wall time spent in training steps (evaluation excluded)
+    eval_seconds: float = 0.0
+    images: int = 0  # training images processed (counting resumed parts)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainResult:
+    metrics: Metrics
+    snapshots: dict  # iteration -> path of the snapshot file in workdir
+    total_iterations: int
+    iterations_per_epoch: int
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Turn SIGTERM into a flag the loop polls, so the state is saved at a step boundary."""
+    flag = {"set": False}
+    previous = None
+
+    def handler(signum, frame):
+        flag["set"] = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handler, no flag
+        previous = None
+    try:
+        yield flag
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@torch.inference_mode()
+def evaluate(
+    model, x: torch.Tensor, y: torch.Tensor, normalise, batch_size: int
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y); one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, x.shape[0], batch_size):
+        with _autocast(x.device):
+            out = model(normalise(x[i : i + batch_size]))
+        yb = y[i : i + batch_size]
+        loss += F.cross_entropy(out.float(), yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = x.shape[0]
+    return loss.item() / n, correct.item() / n
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def masked_parameters(model, mask: dict | None):
+    """(params, masks) lists for the masked tensors, masks as float on the param's device."""
+    if not mask:
+        return [], []
+    named = dict(model.named_parameters())
+    unknown = sorted(set(mask) - set(named))
+    if unknown:
+        raise ValueError(f"mask names parameters the model does not have: {unknown[:5]}")
+    params = [named[k] for k in mask]
+    masks = [mask[k].to(device=named[k].device, dtype=named[k].dtype) for k in mask]
+    return params, masks
+
+
+def train(
+    model: torch.nn.Module,
+    data: Dataset,
+    hp: TrainingHparams,
+    opts: RunOptions,
+    *,
+    workdir: str | Path,
+    mask: dict | None = None,
+    network: str = "",
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``model`` in place on ``data`` with SGD under ``mask``; see module docstring."""
+    device = data.train_x.device
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    resume_path = workdir / "resume.pt"
+
+    model.to(device=device, memory_format=torch.channels_last)
+    model.train()
+    n = data.train_x.shape[0]
+    ipe = hp.iterations_per_epoch(n)
+    total = hp.total_iterations(n)
+    bad = [k for k in opts.snapshot_iterations if not 0 <= k <= total]
+    if bad:
+        raise ValueError(f"snapshot iterations {bad} lie outside this run's 0..{total} iterations")
+    snapshot_at = set(opts.snapshot_iterations)
+    eval_at = {i for i in opts.eval_iterations if 0 <= i <= total} | {total}
+
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=hp.lr,
+        momentum=hp.momentum,
+        weight_decay=hp.weight_decay,
+        foreach=True,
+    )
+    mparams, mmasks = masked_parameters(model, mask)
+    with torch.no_grad():
+        if mparams:
+            torch._foreach_mul_(mparams, mmasks)
+
+    metrics = Metrics()
+    snapshots: dict[int, str] = {}
+    it = last_log_it = 0
+    loss_acc = torch.zeros((), device=device, dtype=torch.float32)
+    if resume_path.exists():
+        state = torch.load(resume_path, map_location=device, weights_only=True)
+        if state.get("format") != RESUME_FORMAT or state.get("total") != total:
+            raise RuntimeError(
+                f"{resume_path} belongs to a different run; delete {workdir} to start afresh"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        it = int(state["iteration"])
+        metrics = Metrics(**state["metrics"])
+        snapshots = {int(k): v for k, v in state["snapshots"].items()}
+        loss_acc = state["loss_acc"].to(device)
+        last_log_it = int(state["last_log_it"])
+        log(f"resumed from {resume_path} at iteration {it}/{total}")
+
+    def save_resume():
+        checkpoint.atomic_save(
+            {
+                "format": RESUME_FORMAT,
+                "total": total,
+                "iteration": it,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "metrics": metrics.to_dict(),
+                "snapshots": {str(k): v for k, v in snapshots.items()},
+                "loss_acc": loss_acc,
+                "last_log_it": last_log_it,
+            },
+            resume_path,
+        )
+
+    def snapshot():
+        path = workdir / f"iter{it}.pt"
+        checkpoint.save(path, model.state_dict(), iteration=it, network=network)
+        snapshots[it] = str(path)
+
+    normalise = augment.Normalise(hp.mean, hp.std, device)
+    forward = torch.compile(model) if opts.compile else model
+
+    def run_eval():
+        t = time.perf_counter()
+        loss, acc = evaluate(model, data.test_x, data.test_y, normalise, opts.eval_batch_size)
+        metrics.eval_seconds += time.perf_counter() - t
+        metrics.eval_iteration.append(it)
+        metrics.eval_loss.append(loss)
+        metrics.eval_accuracy.append(acc)
+        metrics.eval_wall_seconds.append(metrics.train_seconds)
+        if not (loss == loss and abs(loss) != float("inf")):
+            raise NonFiniteLoss(f"test loss is {loss} at iteration {it}: training diverged")
+        log(f"iter {it:>7}/{total}  test loss {loss:.4f}  acc {acc:.4f}")
+
+    if it == 0:
+        if 0 in snapshot_at:
+            snapshot()
+        if 0 in eval_at:
+            run_eval()
+
+    draw, draw_epoch = None, -1
+    current_lr = None
+    last_save = time.monotonic()
+    t0 = time.perf_counter()
+    with _sigterm_flag() as sigterm:
+        while it < total:
+            epoch, j = divmod(it, ipe)
+            if epoch != draw_epoch:
+                draw = augment.draw_epoch(n, opts.seed, epoch, hp.crop_padding, hp.flip, device)
+                draw_epoch = epoch
+            sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
+            idx = draw.order[sl]
+            x, y = data.train_x[idx], data.train_y[idx]
+            if opts.label_fn is not None:
+                x, y = opts.label_fn(x, y, it)
+            x = normalise(
+                augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
+            )
+
+            lr = hp.lr_at(it, n)
+            if lr != current_lr:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                current_lr = lr
+
+            with _autocast(device):
+                loss = F.cross_entropy(forward(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if mparams:
+                torch._foreach_mul_([p.grad for p in mparams], mmasks)
+            optimizer.step()
+            if mparams:
+                with torch.no_grad():
+                    torch._foreach_mul_(mparams, mmasks)
+            loss_acc += loss.detach().float()
+            it += 1
+            metrics.images += y.shape[0]
+
+            if it in snapshot_at:
+                snapshot()
+            if it % opts.log_every == 0 or it == total or it in eval_at:
+                mean_loss = loss_acc.item() / (it - last_log_it)  # host sync
+                if mean_loss != mean_loss or abs(mean_loss) == float("inf"):
+                    raise NonFiniteLoss(
+                        f"training loss became {mean_loss} between iterations {last_log_it} and "
+                        f"{it} (lr {lr}); the run diverged, so no outputs were written"
+                    )
+                metrics.train_iteration.append(it)
+                metrics.train_loss.append(mean_loss)
+                loss_acc.zero_()
+                last_log_it = it
+                now = time.perf_counter()
+                metrics.train_seconds += now - t0
+                if it in eval_at:
+                    run_eval()
+                t0 = time.perf_counter()
+            if sigterm["set"] or time.monotonic() - last_save > opts.checkpoint_seconds:
+                metrics.train_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save_resume()
+                last_save = time.monotonic()
+                if sigterm["set"]:
+                    raise Interrupted(
+                        f"SIGTERM at iteration {it}/{total}: state saved to {resume_path}; "
+                        "re-run the workflow to resume"
+                    )
+    return TrainResult(metrics, snapshots, total, ipe)

@@ -1,0 +1,15 @@
+"""Rule summarise_*: gather the runs of one experiment into a summary HDF5 (mean/std over seeds)."""
+
+from entry import open_log
+
+log = open_log(snakemake)  # noqa: F821 - injected by Snakemake
+
+from pipeline_scripts.earlyphase import aggregate  # noqa: E402
+
+smk = snakemake  # noqa: F821
+entries = [
+    {"series": series, "level": int(level), "seed": int(seed), "path": path}
+    for (series, level, seed), path in zip(smk.params.runs, smk.input.runs, strict=True)
+]
+aggregate.summarise(entries, smk.output[0], attrs={"network": smk.wildcards.net, "rule": smk.rule})
+log(f"summarised {len(entries)} runs into {smk.output[0]}")

@@ -1,0 +1,29 @@
+# Dense training (Section 3, Appendix A): one job per network x seed. Keeps the weights at every
+# dense.checkpoint_iterations as separate outputs, so each downstream job depends on exactly the
+# rewind point it uses.
+
+
+rule train_dense:
+    input:
+        data=DATA_FILE,
+    output:
+        final="results/{net}/seed{seed}/dense/final.pt",
+        metrics="results/{net}/seed{seed}/dense/metrics.h5",
+        checkpoints=expand(
+            "results/{{net}}/seed{{seed}}/dense/checkpoints/iter{k}.pt", k=DENSE_CKPTS
+        ),
+    log:
+        "logs/{net}/seed{seed}/dense/train.log",
+    benchmark:
+        "benchmarks/{net}/seed{seed}/dense/train.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    params:
+        hparams=hparams,
+        runtime=runtime,
+        eval_every=config["evaluation"]["every_epochs"],
+        checkpoint_iterations=DENSE_CKPTS,
+        workdir=resume_dir,
+    script:
+        "../pipeline_scripts/train_dense.py"

@@ -1,0 +1,179 @@
+"""The training loop: determinism, resume equivalence, divergence stop, masks that stay masked,
+rewinding to exactly the k-checkpoint, and outputs written all-or-nothing."""
+
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
+from pipeline_scripts.earlyphase.hparams import TrainingHparams
+
+NET = "resnet8_w4"
+HP = TrainingHparams(batch_size=32, epochs=3, milestones=(2,), lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "synthetic.h5"
+    data.prepare(path, "synthetic", synthetic={"n_train": 160, "n_test": 64}, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(data_file):
+    return data.load(data_file)
+
+
+def _model(seed=1, net=NET):
+    m = models.build(net)
+    models.initialise(m, rng.generator(seed, "init"))
+    return m
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train(dataset, tmp_path, seed=1, hp=HP, mask=None, net=NET, **opts):
+    m = _model(seed, net)
+    opts = train.RunOptions(seed=seed, **{"log_every": 2, **opts})
+    res = train.train(
+        m, dataset, hp, opts, workdir=tmp_path / f"w{seed}", mask=mask, log=lambda s: None
+    )
+    return m, res
+
+
+def test_same_seed_same_weights_different_seed_differs(dataset, tmp_path):
+    a, ra = _train(dataset, tmp_path / "a", seed=1)
+    b, _ = _train(dataset, tmp_path / "b", seed=1)
+    c, _ = _train(dataset, tmp_path / "c", seed=2)
+    assert _equal(_state(a), _state(b))
+    assert not _equal(_state(a), _state(c))
+    assert ra.total_iterations == 15 and ra.iterations_per_epoch == 5  # ceil(160/32) * 3
+
+
+def test_training_learns_the_synthetic_task(dataset, tmp_path):
+    hp = replace(HP, epochs=12, milestones=(10,), lr=0.1)
+    _, res = _train(dataset, tmp_path, hp=hp, net="resnet8_w8", eval_iterations=[0])
+    acc, loss = res.metrics.eval_accuracy, res.metrics.train_loss
+    assert res.metrics.eval_iteration[0] == 0 and res.metrics.eval_iteration[-1] == 60
+    assert loss[-1] < loss[0] - 0.25
+    assert acc[-1] >= 0.2  # 10 classes: chance is 0.1
+
+
+def _interrupt_at(step, how):
+    """A label_fn hook that interrupts the loop when it reaches ``step`` (once)."""
+    fired = {"done": False}
+
+    def hook(x, y, it):
+        if it == step and not fired["done"]:
+            fired["done"] = True
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt("simulated kill")
+        return x, y
+
+    return hook
+
+
+@pytest.mark.parametrize("how", ["sigterm", "crash"])
+def test_interrupted_run_resumes_to_identical_weights(dataset, tmp_path, how):
+    ref, ref_res = _train(dataset, tmp_path / "ref", snapshot_iterations=[0, 3, 9])
+    work = tmp_path / "run"
+    m = _model()
+    # crash: periodic saves every step (checkpoint_seconds=0) stand in for the last save before a kill
+    opts = train.RunOptions(
+        seed=1,
+        log_every=2,
+        snapshot_iterations=[0, 3, 9],
+        checkpoint_seconds=1e9 if how == "sigterm" else 0.0,
+        label_fn=_interrupt_at(7, how),
+    )
+    expected = train.Interrupted if how == "sigterm" else KeyboardInterrupt
+    with pytest.raises(expected):
+        train.train(m, dataset, HP, opts, workdir=work, log=lambda s: None)
+    assert (work / "resume.pt").exists()
+    m2 = _model(seed=99)  # different start: everything must come from the resume state
+    res = train.train(
+        m2, dataset, HP, replace(opts, label_fn=None), workdir=work, log=lambda s: None
+    )
+    assert _equal(_state(m2), _state(ref))
+    assert res.metrics.train_loss == pytest.approx(ref_res.metrics.train_loss, abs=1e-6)
+    assert res.metrics.eval_accuracy == ref_res.metrics.eval_accuracy
+    for k in (0, 3, 9):
+        a = checkpoint.load(res.snapshots[k])["state_dict"]
+        b = checkpoint.load(ref_res.snapshots[k])["state_dict"]
+        assert _equal(a, b)
+
+
+def test_divergence_stops_with_clear_error(dataset, tmp_path):
+    with pytest.raises(train.NonFiniteLoss, match="iterations"):
+        _train(dataset, tmp_path, hp=replace(HP, lr=1e8, momentum=0.0))
+
+
+def test_pruned_weights_stay_exactly_zero(dataset, tmp_path):
+    m = _model()
+    names = models.prunable(m, NET)
+    mask = prune.global_magnitude(m.state_dict(), prune.full_mask(m.state_dict(), names), 0.8)
+    trained, _ = _train(dataset, tmp_path, mask=mask)  # momentum 0.9 and weight decay 1e-4
+    params = dict(trained.named_parameters())
+    for name, keep in mask.items():
+        assert (params[name].detach()[~keep] == 0).all(), name
+        assert (params[name].detach()[keep] != 0).float().mean() > 0.99, name
+
+
+def _job(data_file, tmp_path, **kw):
+    base = dict(
+        network=NET,
+        seed=1,
+        data_path=str(data_file),
+        hparams=HP.to_dict(),
+        runtime={"log_every": 2},
+        eval_every=1,
+        workdir=str(tmp_path / "resume"),
+        out_final=str(tmp_path / "final.pt"),
+        out_metrics=str(tmp_path / "metrics.h5"),
+    )
+    base.update(kw)
+    return runs.Job(**base)
+
+
+def test_imp_level_rewinds_to_exactly_the_k_checkpoint(data_file, tmp_path):
+    dense = tmp_path / "dense"
+    runs.run(_job(data_file, dense, snapshots={4: str(dense / "iter4.pt")}), log=lambda s: None)
+    lvl = tmp_path / "level1"
+    job = _job(
+        data_file,
+        lvl,
+        init=str(dense / "iter4.pt"),
+        prune_from=(str(dense / "final.pt"), None),
+        out_mask=str(lvl / "mask.pt"),
+        level=1,
+        snapshots={0: str(lvl / "start.pt")},
+    )
+    attrs = runs.run(job, log=lambda s: None)
+    start = checkpoint.load(lvl / "start.pt")["state_dict"]
+    k4 = checkpoint.load(dense / "iter4.pt")["state_dict"]
+    mask = prune.load(lvl / "mask.pt")
+    for name, value in k4.items():
+        expected = value * mask[name] if name in mask else value
+        assert torch.equal(start[name], expected), name
+    assert attrs["weights_remaining_fraction"] == pytest.approx(0.8, abs=1e-3)
+    assert not Path(job.workdir).exists()  # resume state removed on success
+
+
+def test_diverging_job_leaves_no_outputs(data_file, tmp_path):
+    hp = replace(HP, lr=1e8, momentum=0.0).to_dict()
+    job = _job(data_file, tmp_path, hparams=hp, snapshots={0: str(tmp_path / "iter0.pt")})
+    with pytest.raises(train.NonFiniteLoss):
+        runs.run(job, log=lambda s: None)
+    assert not any(tmp_path.glob("*.pt")) and not (tmp_path / "metrics.h5").exists()

@@ -1,0 +1,113 @@
+"""End-to-end: the smoke preset through Snakemake, lint, planning of the paper's DAG, config errors."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def smk(*args, cwd=ROOT, check=True):
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output[output.index("Job stats:") :]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = smk("--profile", "profiles/smoke", "--directory", str(out))
+    return out, proc
+
+
+@pytest.mark.slow
+def test_smoke_preset_runs_the_whole_dag(smoke_run):
+    out, _ = smoke_run
+    res = out / "results"
+    assert (res / "data" / "cifar10.h5").is_file()
+    for seed in (1, 2):
+        dense = res / "resnet8_w4" / f"seed{seed}" / "dense"
+        assert {p.name for p in (dense / "checkpoints").iterdir()} == {
+            "iter0.pt",
+            "iter4.pt",
+            "iter8.pt",
+        }
+        for k in (0, 4):
+            for level in (1, 2):
+                run = res / "resnet8_w4" / f"seed{seed}" / "imp" / f"rewind{k}" / f"level{level}"
+                assert {"mask.pt", "final.pt", "metrics.h5"} <= {p.name for p in run.iterdir()}
+                with h5py.File(run / "metrics.h5") as f:
+                    assert f.attrs["weights_remaining_fraction"] == pytest.approx(
+                        0.8**level, abs=2e-3
+                    )
+                    assert f.attrs["rewind_iteration"] == k
+    with h5py.File(res / "resnet8_w4" / "summary" / "imp.h5") as f:
+        assert set(f["series"]) == {"dense", "rewind0", "rewind4"}
+        assert f["series/rewind4/accuracy"].shape == (2, 2)  # levels x seeds
+    for ext in ("pdf", "png"):
+        assert (res / "figures" / "figure1" / f"resnet8_w4.{ext}").stat().st_size > 1000
+    assert not (out / "resume").exists() or not any((out / "resume").rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
+    out, _ = smoke_run
+    assert (
+        "Nothing to be done"
+        in smk("--profile", "profiles/smoke", "--directory", str(out), "-n").stdout
+    )
+    # Snakemake >= 9.18 compares input checksums, so an edit (not a touch) is what triggers.
+    plots = ROOT / "pipeline_scripts" / "earlyphase" / "plots.py"
+    original = plots.read_text()
+    try:
+        plots.write_text(original + "\n# an edit to the plotting code\n")
+        counts = job_counts(
+            smk("--profile", "profiles/smoke", "--directory", str(out), "-n").stdout
+        )
+    finally:
+        plots.write_text(original)
+    assert set(counts) - {"total", "all"} == {"figure1"}, counts
+
+
+def test_lint_is_clean():
+    proc = smk("--lint")
+    assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_default_config_plans_every_dense_and_imp_job(tmp_path):
+    counts = job_counts(smk("-n", "--quiet", "rules", "--directory", str(tmp_path)).stdout)
+    assert counts["train_dense"] == 25  # 5 networks x 5 seeds
+    assert counts["train_imp_level"] == 5 * 5 * 6 * 14  # x 6 rewind points x 14 levels
+    assert counts["figure1"] == 5
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("seeds=oops", "seeds"),
+        ("imp={'fraction': 1.5}", "fraction"),
+        ("runtime={'devcie': 'cpu'}", "devcie"),
+        ("imp:\n  rewind_iterations: [300]", "imp.rewind_iterations"),
+        ("data:\n  source: imagefolder", "data.path"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(tmp_path, override, needle):
+    if "=" in override:
+        args = ["--config", override]
+    else:
+        (tmp_path / "overlay.yaml").write_text(override + "\n")
+        args = ["--configfile", str(ROOT / "config.yaml"), str(tmp_path / "overlay.yaml")]
+    proc = smk("-n", "--directory", str(tmp_path), *args, check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
