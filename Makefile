@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml envs/constraints.txt
 	$(BIN)/pip install --quiet -c envs/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# (a variable, because a literal comma would split $(if ...)'s arguments)
+DATA_CONFIG = --config 'data={"source": "imagefolder", "path": "$(abspath $(DATA))"}'
+
 laptop: $(STAMP)
-	$(BIN)/snakemake --profile profiles/laptop \
-		$(if $(DATA),--config 'data={"source": "imagefolder", "path": "$(abspath $(DATA))"}')
+	$(BIN)/snakemake --profile profiles/laptop $(if $(DATA),$(DATA_CONFIG))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

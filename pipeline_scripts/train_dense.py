@@ -21,6 +21,8 @@ runs.run(
         threads=smk.threads,
         snapshots=dict(zip(smk.params.checkpoint_iterations, smk.output.checkpoints, strict=True)),
         attrs={"experiment": "dense", "series": "dense"},
+        telemetry=smk.params.telemetry,
+        out_telemetry=smk.output.telemetry,
     ),
     log=log,
 )

@@ -116,3 +116,12 @@ def figure1_targets():
     return expand(
         "results/figures/figure1/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"]
     )
+
+
+def figure3_targets():
+    return expand(
+        "results/figures/figure3/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"]
+    ) + [
+        "results/figures/figureA3.pdf",
+        "results/figures/figureA3.png",
+    ]

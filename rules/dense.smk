@@ -9,6 +9,7 @@ rule train_dense:
     output:
         final="results/{net}/seed{seed}/dense/final.pt",
         metrics="results/{net}/seed{seed}/dense/metrics.h5",
+        telemetry="results/{net}/seed{seed}/dense/telemetry_raw.h5",
         checkpoints=expand(
             "results/{{net}}/seed{{seed}}/dense/checkpoints/iter{k}.pt", k=DENSE_CKPTS
         ),
@@ -24,6 +25,7 @@ rule train_dense:
         runtime=runtime,
         eval_every=config["evaluation"]["every_epochs"],
         checkpoint_iterations=DENSE_CKPTS,
+        telemetry=config["telemetry"],
         workdir=resume_dir,
     script:
         "../pipeline_scripts/train_dense.py"

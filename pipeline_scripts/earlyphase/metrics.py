@@ -9,6 +9,7 @@
     /eval/loss           float64 (m,) mean test cross-entropy (nats)
     /eval/accuracy       float64 (m,) test accuracy, fraction in [0, 1]
     /eval/train_seconds  float64 (m,) training wall time (s, evaluation excluded) at that point
+    /eval/n              int64 (m,)   test images in that evaluation (a subset at telemetry points)
     /sparsity/...        per prunable tensor: name, total and remaining counts (masked runs only)
     /init_std/...        per conv/linear weight: its initialisation std (dense runs)
 """
@@ -82,6 +83,7 @@ def write_run(
             e.create_dataset(
                 "train_seconds", data=np.asarray(metrics.eval_wall_seconds, dtype=np.float64)
             )
+            e.create_dataset("n", data=np.asarray(getattr(metrics, "eval_n", []), dtype=np.int64))
             if sparsity is not None:
                 g = f.create_group("sparsity")
                 names = list(sparsity)

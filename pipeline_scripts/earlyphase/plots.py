@@ -235,3 +235,70 @@ def figure1(summary_path, out_paths: list[str], network: str) -> None:
         reference="dense",
         title=f"{network_display_name(network)} (CIFAR-10)",
     )
+
+
+# ---- Figure 3 / A3: early-phase telemetry -------------------------------------------------------
+# (panel title, [(summary key, legend label, scale)], y label); scale turns fractions into percent.
+TELEMETRY_PANELS = [
+    ("Eval accuracy", [("accuracy", None, 100.0)], "Test accuracy (%)"),
+    ("Eval loss", [("loss", None, 1.0)], "Test loss"),
+    ("Average weight magnitude", [("mean_abs", None, 1.0)], "mean |w|"),
+    ("Sign changes from init", [("sign_changed", None, 100.0)], "% of weights"),
+    ("Ten random weights", [], "weight value"),
+    ("Gradient magnitude", [("grad_norm", None, 1.0)], "||g||"),
+    ("L2 distance", [("dist_init", "from init", 1.0), ("dist_final", "from final", 1.0)], "L2 distance"),
+    ("Cosine similarity", [("cos_init", "to init", 1.0), ("cos_final", "to final", 1.0)], "cosine"),
+]  # fmt: skip
+
+
+def read_telemetry_summary(path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda k, v: out.__setitem__(k, v[()]) if hasattr(v, "shape") else None)
+        out["_attrs"] = dict(f.attrs)
+    return out
+
+
+def _draw_telemetry(axes, tel: dict, color: str, label: str | None, ten: bool) -> None:
+    its = np.asarray(tel["iteration"])
+    for ax, (title, lines, ylabel) in zip(axes, TELEMETRY_PANELS, strict=True):
+        for j, (key, sub, scale) in enumerate(lines):
+            mean, std = tel[f"{key}/mean"] * scale, tel[f"{key}/std"] * scale
+            name = " ".join(x for x in (label, sub) if x) or None
+            ax.plot(its, mean, color=color, linestyle=("-", "--")[j], lw=1.2, label=name)
+            ax.fill_between(its, mean - std, mean + std, color=color, alpha=BAND_ALPHA, lw=0)
+        if not lines and ten:
+            ax.plot(its, tel["ten_weights"], lw=0.9)
+        ax.set_title(title, fontsize="medium")
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("symlog", linthresh=10)  # iterations 0-10 resolved, then logarithmic
+        ax.set_xlim(0, its[-1])
+        ax.set_xlabel("Training iterations")
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        if len(lines) > 1 or (label and lines):
+            ax.legend(fontsize="x-small")
+
+
+def figure3(summary_path, out_paths: list[str], network: str) -> None:
+    """Figure 3 (ResNet-20) / per-network telemetry over the first T iterations, mean +- std."""
+    tel = read_telemetry_summary(summary_path)
+    fig, axes = new_figure(2, 4, panel_size=(3.4, 2.7))
+    _draw_telemetry(axes.flat, tel, "tab:blue", None, ten=True)
+    fig.suptitle(
+        f"{network_display_name(network)}: the first {int(tel['iteration'][-1])} iterations"
+    )
+    save(fig, out_paths)
+
+
+def figure_a3(summary_paths: list[str], networks: list[str], out_paths: list[str]) -> None:
+    """Figure A3: the telemetry of every network, one colour per network (ten weights omitted)."""
+    colors = series_colors(networks)
+    fig, axes = new_figure(2, 4, panel_size=(3.4, 2.7))
+    for path, net in zip(summary_paths, networks, strict=True):
+        _draw_telemetry(axes.flat, read_telemetry_summary(path), colors[net],
+                        network_display_name(net), ten=False)  # fmt: skip
+    axes.flat[4].set_visible(False)
+    fig.suptitle("Early-phase telemetry of every network")
+    save(fig, out_paths)

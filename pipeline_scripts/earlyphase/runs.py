@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, data, device, models, prune, rng
+from . import __version__, checkpoint, data, device, models, prune, rng, telemetry
 from .hparams import TrainingHparams
 from .metrics import write_run
 from .train import RunOptions, train
@@ -50,7 +50,9 @@ class Job:
     level: int = 0
     out_mask: str | None = None
     attrs: dict = field(default_factory=dict)  # experiment identity, written to the metrics file
-    eval_iterations: tuple = ()  # extra evaluation points (telemetry)
+    eval_iterations: tuple = ()  # extra evaluation points
+    telemetry: dict | None = None  # iterations, points, dense_until, eval_subset, eval_subset_until
+    out_telemetry: str | None = None  # raw telemetry + weight snapshots (telemetry.Recorder)
 
 
 def code_version() -> str:
@@ -115,9 +117,27 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
 
     n = ds.train_x.shape[0]
     total, ipe = hp.total_iterations(n), hp.iterations_per_epoch(n)
+    recorder, extra_evals, tel = None, list(job.eval_iterations), job.telemetry or {}
+    if job.out_telemetry is not None:
+        points = telemetry.schedule(
+            min(int(tel.get("iterations", 4000)), total),
+            int(tel.get("dense_until", 10)),
+            int(tel.get("points", 60)),
+        )
+        Path(job.workdir).mkdir(parents=True, exist_ok=True)
+        recorder = telemetry.Recorder(
+            model,
+            models.prunable(model, job.network),
+            points,
+            job.seed,
+            Path(job.workdir) / "telemetry.h5",
+        )
+        extra_evals += points
     opts = RunOptions(
         seed=job.seed,
-        eval_iterations=eval_schedule(total, ipe, job.eval_every, job.eval_iterations),
+        eval_iterations=eval_schedule(total, ipe, job.eval_every, extra_evals),
+        eval_subset=int(tel.get("eval_subset") or 0),
+        eval_subset_until=int(tel.get("eval_subset_until", -1)),
         snapshot_iterations=sorted(int(k) for k in job.snapshots),
         log_every=int(job.runtime.get("log_every", 100)),
         eval_batch_size=int(job.runtime.get("eval_batch_size", 250)),
@@ -131,7 +151,15 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
     )
     started = time.time()
     result = train(
-        model, ds, hp, opts, workdir=job.workdir, mask=mask, network=job.network, log=log
+        model,
+        ds,
+        hp,
+        opts,
+        workdir=job.workdir,
+        mask=mask,
+        network=job.network,
+        log=log,
+        recorder=recorder,
     )
 
     meta = {"hparams": hp.to_dict(), "seed": job.seed, "code_version": code_version()}
@@ -164,6 +192,9 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
     for k, out in job.snapshots.items():
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(result.snapshots[int(k)], out)
+    if recorder is not None:
+        Path(job.out_telemetry).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(recorder.write({"network": job.network, "seed": job.seed}), job.out_telemetry)
     checkpoint.save(
         job.out_final, model.state_dict(), iteration=total, network=job.network, meta=meta
     )

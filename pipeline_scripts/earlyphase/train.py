@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import augment, checkpoint
+from . import augment, checkpoint, rng
 from .data import Dataset
 from .hparams import TrainingHparams
 
@@ -48,7 +48,9 @@ class RunOptions:
     eval_batch_size: int = 250  # measured fastest on a 2-core CPU (issue 7); bigger on GPUs is fine
     checkpoint_seconds: float = 600.0  # wall seconds between resume-state saves
     compile: bool = False  # torch.compile the model (pays only for long runs on GPUs; issue 7)
-    label_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y): pre-training tasks
+    batch_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y), after crop/flip
+    eval_subset: int = 0  # >0: evaluations up to eval_subset_until use a fixed random test subset
+    eval_subset_until: int = -1  # last iteration evaluated on the subset (telemetry's dense points)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Metrics:
     eval_loss: list = field(default_factory=list)
     eval_accuracy: list = field(default_factory=list)
     eval_wall_seconds: list = field(default_factory=list)  # training wall time when evaluated
+    eval_n: list = field(default_factory=list)  # test images used by that evaluation
     train_seconds: float = 0.0  # wall time spent in training steps (evaluation excluded)
     eval_seconds: float = 0.0
     images: int = 0  # training images processed (counting resumed parts)
@@ -144,6 +147,7 @@ def train(
     mask: dict | None = None,
     network: str = "",
     log: Callable[[str], None] = print,
+    recorder=None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with SGD under ``mask``; see module docstring."""
     device = data.train_x.device
@@ -191,6 +195,8 @@ def train(
         snapshots = {int(k): v for k, v in state["snapshots"].items()}
         loss_acc = state["loss_acc"].to(device)
         last_log_it = int(state["last_log_it"])
+        if recorder is not None:
+            recorder.load_state_dict(state["telemetry"], device)
         log(f"resumed from {resume_path} at iteration {it}/{total}")
 
     def save_resume():
@@ -205,6 +211,7 @@ def train(
                 "snapshots": {str(k): v for k, v in snapshots.items()},
                 "loss_acc": loss_acc,
                 "last_log_it": last_log_it,
+                "telemetry": None if recorder is None else recorder.state_dict(),
             },
             resume_path,
         )
@@ -217,9 +224,19 @@ def train(
     normalise = augment.Normalise(hp.mean, hp.std, device)
     forward = torch.compile(model) if opts.compile else model
 
+    test_x, test_y = data.test_x, data.test_y
+    if opts.eval_subset and opts.eval_subset < test_x.shape[0]:
+        pick = torch.randperm(test_x.shape[0], generator=rng.generator(opts.seed, "eval_subset"))
+        pick = pick[: opts.eval_subset].to(device)
+        sub_x, sub_y = test_x[pick], test_y[pick]
+    else:
+        sub_x, sub_y = test_x, test_y
+
     def run_eval():
         t = time.perf_counter()
-        loss, acc = evaluate(model, data.test_x, data.test_y, normalise, opts.eval_batch_size)
+        x, y = (sub_x, sub_y) if it <= opts.eval_subset_until else (test_x, test_y)
+        loss, acc = evaluate(model, x, y, normalise, opts.eval_batch_size)
+        metrics.eval_n.append(int(x.shape[0]))
         metrics.eval_seconds += time.perf_counter() - t
         metrics.eval_iteration.append(it)
         metrics.eval_loss.append(loss)
@@ -230,6 +247,8 @@ def train(
         log(f"iter {it:>7}/{total}  test loss {loss:.4f}  acc {acc:.4f}")
 
     if it == 0:
+        if recorder is not None and recorder.wants(0):
+            recorder.on_state(0)
         if 0 in snapshot_at:
             snapshot()
         if 0 in eval_at:
@@ -248,11 +267,10 @@ def train(
             sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
             idx = draw.order[sl]
             x, y = data.train_x[idx], data.train_y[idx]
-            if opts.label_fn is not None:
-                x, y = opts.label_fn(x, y, it)
-            x = normalise(
-                augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
-            )
+            x = augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
+            if opts.batch_fn is not None:  # pre-training tasks; after the flip (rotation labels)
+                x, y = opts.batch_fn(x, y, it)
+            x = normalise(x)
 
             lr = hp.lr_at(it, n)
             if lr != current_lr:
@@ -264,6 +282,8 @@ def train(
                 loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recorder is not None and recorder.wants(it):
+                recorder.on_grad(it)
             if mparams:
                 torch._foreach_mul_([p.grad for p in mparams], mmasks)
             optimizer.step()
@@ -273,6 +293,8 @@ def train(
             loss_acc += loss.detach().float()
             it += 1
             metrics.images += y.shape[0]
+            if recorder is not None and recorder.wants(it):
+                recorder.on_state(it)
 
             if it in snapshot_at:
                 snapshot()
@@ -302,4 +324,6 @@ def train(
                         f"SIGTERM at iteration {it}/{total}: state saved to {resume_path}; "
                         "re-run the workflow to resume"
                     )
+    if recorder is not None:
+        recorder.flush()
     return TrainResult(metrics, snapshots, total, ipe)

@@ -70,7 +70,7 @@ def test_training_learns_the_synthetic_task(dataset, tmp_path):
 
 
 def _interrupt_at(step, how):
-    """A label_fn hook that interrupts the loop when it reaches ``step`` (once)."""
+    """A batch_fn hook that interrupts the loop when it reaches ``step`` (once)."""
     fired = {"done": False}
 
     def hook(x, y, it):
@@ -96,7 +96,7 @@ def test_interrupted_run_resumes_to_identical_weights(dataset, tmp_path, how):
         log_every=2,
         snapshot_iterations=[0, 3, 9],
         checkpoint_seconds=1e9 if how == "sigterm" else 0.0,
-        label_fn=_interrupt_at(7, how),
+        batch_fn=_interrupt_at(7, how),
     )
     expected = train.Interrupted if how == "sigterm" else KeyboardInterrupt
     with pytest.raises(expected):
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_to_identical_weights(dataset, tmp_path, how):
     assert (work / "resume.pt").exists()
     m2 = _model(seed=99)  # different start: everything must come from the resume state
     res = train.train(
-        m2, dataset, HP, replace(opts, label_fn=None), workdir=work, log=lambda s: None
+        m2, dataset, HP, replace(opts, batch_fn=None), workdir=work, log=lambda s: None
     )
     assert _equal(_state(m2), _state(ref))
     assert res.metrics.train_loss == pytest.approx(ref_res.metrics.train_loss, abs=1e-6)

@@ -57,6 +57,13 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
         assert f["series/rewind4/accuracy"].shape == (2, 2)  # levels x seeds
     for ext in ("pdf", "png"):
         assert (res / "figures" / "figure1" / f"resnet8_w4.{ext}").stat().st_size > 1000
+        assert (res / "figures" / "figure3" / f"resnet8_w4.{ext}").stat().st_size > 1000
+        assert (res / "figures" / f"figureA3.{ext}").stat().st_size > 1000
+    with h5py.File(res / "resnet8_w4" / "summary" / "telemetry.h5") as f:
+        assert list(f["iteration"][:11]) == list(range(11))  # every one of the first ten steps
+        assert f["accuracy/seeds"].shape[0] == 2
+        assert f["cos_final/mean"][-1] > 0.9999  # the last snapshot is the final state (float16)
+    assert "grad_min_iteration" in (res / "resnet8_w4" / "summary" / "timeline.txt").read_text()
     assert not (out / "resume").exists() or not any((out / "resume").rglob("*.pt"))
 
 
@@ -77,7 +84,7 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
         )
     finally:
         plots.write_text(original)
-    assert set(counts) - {"total", "all"} == {"figure1"}, counts
+    assert set(counts) - {"total", "all"} == {"figure1", "figure3", "figure_a3"}, counts
 
 
 def test_lint_is_clean():
