@@ -11,9 +11,18 @@
 #                                                             float16 weight snapshots (Section 4)
 #   results/{net}/seed{seed}/dense/telemetry.h5               + distances to the final weights
 #   results/{net}/summary/telemetry.h5, timeline.txt          seeds summarised; Figure 2 timeline
-#   results/{net}/summary/imp.h5                              all seeds, levels and k (Figure 1)
+#   results/{net}/seed{seed}/pretrain/{task}/e{E}/state.pt    pre-trained on a task (Section 6)
+#   results/{net}/seed{seed}/imp/pretrain/{task}/e{E}/level{L}/  IMP chain rewound to that state
+#   results/{net}/seed{seed}/sparse/rewind{k}/level{L}/{kind}/{pretext,scratch,pretrained}/
+#                                                             sparse pre-training (Section 6.4)
+#   results/{net}/summary/{imp,perturb_rewind{k},pretrain_{task},sparse_pretrain}.h5
+#                                                             seeds summarised, one per figure
+#   results/{net}/seed{seed}/perturb/rewind{k}/level{L}/{variant}/final.pt, metrics.h5
+#                                                             a perturbed branch (Section 5)
 #   results/figures/figure1/{net}.pdf|png                     Figure 1 / A2
 #   results/figures/figure3/{net}.pdf|png, figureA3.pdf|png   Figure 3 / A3
+#   results/figures/figure{4..8}/{net}.pdf|png                Figures 4-8 / A4-A8
+#   results/figures/figure{9,10}/{net}.pdf|png                Figures 9-10 / A9-A12
 #   resume/<output dir>/                                      resume state of unfinished jobs
 
 import os
@@ -28,14 +37,14 @@ include: "rules/data.smk"
 include: "rules/dense.smk"
 include: "rules/imp.smk"
 include: "rules/telemetry.smk"
+include: "rules/perturb.smk"
+include: "rules/pretrain.smk"
 
 
 rule all:
     default_target: True
     input:
-        dense_targets(),
-        figure1_targets(),
-        figure3_targets(),
+        all_targets(),
 
 
 rule dense:

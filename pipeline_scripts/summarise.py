@@ -11,5 +11,10 @@ entries = [
     {"series": series, "level": int(level), "seed": int(seed), "path": path}
     for (series, level, seed), path in zip(smk.params.runs, smk.input.runs, strict=True)
 ]
-aggregate.summarise(entries, smk.output[0], attrs={"network": smk.wildcards.net, "rule": smk.rule})
+aggregate.summarise(
+    entries,
+    smk.output[0],
+    attrs={"network": smk.wildcards.net, "rule": smk.rule},
+    extra=("effective_mean", "effective_std"),
+)
 log(f"summarised {len(entries)} runs into {smk.output[0]}")

@@ -3,10 +3,16 @@
 # so it stays cheap: the paper-scale DAG has ~16,000 jobs.
 
 import os
+import re
 
 from snakemake.utils import validate
 
 validate(config, workflow.source_path("../config.schema.yaml"), set_default=True)
+
+
+def _config_error(key, message):
+    raise ValueError(f"config key {key}: {message}")
+
 
 NETWORKS = config["networks"]
 SEEDS = config["seeds"]
@@ -20,17 +26,11 @@ PLOTS_CODE = os.path.join(
     workflow.basedir, "pipeline_scripts", "earlyphase", "plots.py"
 )
 
-
-def _config_error(key, message):
-    raise ValueError(f"config key {key}: {message}")
-
-
-_missing = sorted(set(IMP_REWINDS) - set(DENSE_CKPTS))
-if _missing:
+if sorted(set(IMP_REWINDS) - set(DENSE_CKPTS)):
     _config_error(
         "imp.rewind_iterations",
-        f"{_missing} are not in dense.checkpoint_iterations {DENSE_CKPTS}; add them there "
-        "(the dense runs must keep those weights).",
+        f"{sorted(set(IMP_REWINDS) - set(DENSE_CKPTS))} are not in dense.checkpoint_iterations "
+        f"{DENSE_CKPTS}; add them there (the dense runs must keep those weights).",
     )
 if config["data"]["source"] == "imagefolder" and not config["data"]["path"]:
     _config_error(
@@ -38,15 +38,75 @@ if config["data"]["source"] == "imagefolder" and not config["data"]["path"]:
         "data.source is imagefolder, so data.path must name a directory or .tar.gz",
     )
 
+# ---- perturbations (Section 5): a catalogue of variants and the list that runs ----------------
+PERTURB = config["perturb"]
+PERTURB_REWINDS = sorted(PERTURB["rewind_iterations"])
+PERTURB_LEVELS = sorted(PERTURB["levels"])
+if sorted(set(PERTURB["run"] or []) - set(PERTURB["variants"])):
+    _config_error(
+        "perturb.run",
+        f"{sorted(set(PERTURB['run']) - set(PERTURB['variants']))} are not defined under "
+        f"perturb.variants ({sorted(PERTURB['variants'])})",
+    )
+VARIANTS = {  # mappings merge across config overlays, lists replace: `run` narrows the catalogue
+    name: spec
+    for name, spec in PERTURB["variants"].items()
+    if PERTURB["run"] is None or name in PERTURB["run"]
+}
+if VARIANTS:
+    if sorted(set(PERTURB_REWINDS) - set(IMP_REWINDS)):
+        _config_error(
+            "perturb.rewind_iterations",
+            f"{PERTURB_REWINDS} must all be in imp.rewind_iterations {IMP_REWINDS} "
+            "(a branch perturbs that IMP chain's sub-network)",
+        )
+    if max(PERTURB_LEVELS + [PERTURB["figure8_level"]]) > IMP["levels"]:
+        _config_error("perturb.levels", f"levels above imp.levels ({IMP['levels']})")
+    if 0 not in DENSE_CKPTS:
+        _config_error(
+            "dense.checkpoint_iterations", "must contain 0 (perturbations use it)"
+        )
+
+# ---- pre-training (Section 6) -------------------------------------------------------------------
+PRETRAIN = config["pretrain"]
+PRE_TASKS = PRETRAIN["tasks"]
+PRE_EPOCHS = [
+    f"{e:g}" for e in PRETRAIN["epochs"]
+]  # path spelling: 40 -> "40", 0.5 -> "0.5"
+SPARSE = PRETRAIN["sparse"]
+if PRE_TASKS and sorted(set(PRETRAIN["reference_rewinds"]) - set(IMP_REWINDS)):
+    _config_error(
+        "pretrain.reference_rewinds",
+        f"each must be in imp.rewind_iterations {IMP_REWINDS}",
+    )
+if SPARSE["kinds"]:
+    if SPARSE["rewind_iteration"] not in IMP_REWINDS:
+        _config_error(
+            "pretrain.sparse.rewind_iteration",
+            f"must be in imp.rewind_iterations {IMP_REWINDS}",
+        )
+    if max(SPARSE["levels"]) > IMP["levels"]:
+        _config_error(
+            "pretrain.sparse.levels", f"levels above imp.levels ({IMP['levels']})"
+        )
+
 
 wildcard_constraints:
     net="[a-z][a-z0-9_]*",
     seed=r"\d+",
     k=r"\d+",
     level=r"[1-9]\d*",
+    variant="[a-z][a-z0-9_.]*",
+    task="[a-z][a-z0-9_]*",
+    epochs=r"\d+(\.\d+)?",
+    source=r"rewind\d+|pretrain/[a-z][a-z0-9_]*/e\d+(\.\d+)?",
+    kind="imp|reinit|random",
+    start="scratch|pretrained",
 
 
 # ---- config -> params -------------------------------------------------------------------------
+# Every training rule passes one `job` dict (runs.Job fields that come from the config); Snakemake
+# compares it between runs, so a changed setting re-runs exactly the jobs it affects.
 _HPARAMS = {
     net: {
         **config["training"]["defaults"],
@@ -56,13 +116,103 @@ _HPARAMS = {
 }
 
 
-def hparams(wildcards):
-    """Training hyperparameters of a network: defaults, then its per-network overrides."""
-    return _HPARAMS[wildcards.net]
+def _job(wildcards, **extra):
+    return {
+        "hparams": _HPARAMS[wildcards.net],
+        "runtime": config["runtime"],
+        "eval_every": config["evaluation"]["every_epochs"],
+        **extra,
+    }
 
 
-def runtime(wildcards):
-    return config["runtime"]
+def dense_job(wildcards):
+    return _job(
+        wildcards,
+        snapshot_iterations=DENSE_CKPTS,
+        telemetry=config["telemetry"],
+        attrs={"experiment": "dense", "series": "dense"},
+    )
+
+
+def imp_job(wildcards):
+    return _job(
+        wildcards,
+        prune_fraction=IMP["fraction"],
+        prune_exclude=IMP["exclude"],
+        level=int(wildcards.level),
+        attrs={"experiment": "imp", "series": wildcards.source},
+    )
+
+
+def level0_job(wildcards):
+    """Level 0 of a chain rewound to a pre-trained state: train the unpruned network from it."""
+    source = f"pretrain/{wildcards.task}/e{wildcards.epochs}"
+    return _job(wildcards, attrs={"experiment": "imp", "series": source})
+
+
+def perturb_job(wildcards):
+    w = wildcards
+    return _job(
+        w,
+        level=int(w.level),
+        perturbation=VARIANTS[w.variant],
+        perturb_key=f"{w.variant}/rewind{w.k}/level{w.level}",
+        attrs={
+            "experiment": "perturb",
+            "series": w.variant,
+            "rewind_iteration": int(w.k),
+        },
+    )
+
+
+def pretrain_job(wildcards):
+    """Pre-training on a task for `epochs` epochs from the seed's initialisation (Section 6)."""
+    hp = {
+        **_HPARAMS[wildcards.net],
+        **PRETRAIN["hparams"],
+        "epochs": float(wildcards.epochs),
+    }
+    return {
+        **_job(wildcards),
+        "hparams": hp,
+        "task": wildcards.task,
+        "attrs": {
+            "experiment": "pretrain",
+            "series": f"{wildcards.task}/e{wildcards.epochs}",
+        },
+    }
+
+
+def sparse_pretext_job(wildcards):
+    """Sparse pre-training (Section 6.4): the pretext task under a sub-network's mask."""
+    hp = {
+        **_HPARAMS[wildcards.net],
+        **PRETRAIN["hparams"],
+        "epochs": float(SPARSE["epochs"]),
+    }
+    return {
+        **_job(wildcards),
+        "hparams": hp,
+        "task": SPARSE["task"],
+        "level": int(wildcards.level),
+        "init_purpose": "reinit",
+        "attrs": {
+            "experiment": "sparse_pretrain",
+            "series": f"{wildcards.kind}_pretext",
+        },
+    }
+
+
+def sparse_job(wildcards):
+    return _job(
+        wildcards,
+        level=int(wildcards.level),
+        init_purpose="reinit",
+        attrs={
+            "experiment": "sparse_pretrain",
+            "series": f"{wildcards.kind}_{wildcards.start}",
+        },
+    )
 
 
 def resume_dir(wildcards, output):
@@ -71,57 +221,146 @@ def resume_dir(wildcards, output):
     return os.path.join("resume", os.path.dirname(output[0]))
 
 
-# ---- IMP chain inputs -------------------------------------------------------------------------
-def imp_previous(wildcards):
-    """Level L is pruned from level L-1's trained weights (level 0 = the dense run)."""
-    level = int(wildcards.level)
+# ---- IMP chains: rewound to a dense checkpoint (rewind<k>) or to a pre-trained state ----------
+_REWIND = re.compile(r"rewind(\d+)")
+
+
+def imp_inputs(wildcards):
+    """Start state and level L-1 of a chain. Level 0 is the dense run for rewind<k> chains and
+    the unpruned network trained from the pre-trained state for pre-trained chains."""
     base = f"results/{wildcards.net}/seed{wildcards.seed}"
+    src, level = wildcards.source, int(wildcards.level)
+    m = _REWIND.fullmatch(src)
+    if m:
+        start, level0 = (
+            f"{base}/dense/checkpoints/iter{m[1]}.pt",
+            f"{base}/dense/final.pt",
+        )
+    else:
+        start, level0 = f"{base}/{src}/state.pt", f"{base}/imp/{src}/level0/final.pt"
     if level == 1:
-        return {"prev_final": f"{base}/dense/final.pt"}
-    prev = f"{base}/imp/rewind{wildcards.k}/level{level - 1}"
-    return {"prev_final": f"{prev}/final.pt", "prev_mask": f"{prev}/mask.pt"}
+        return {"start": start, "prev_final": level0}
+    prev = f"{base}/imp/{src}/level{level - 1}"
+    return {
+        "start": start,
+        "prev_final": f"{prev}/final.pt",
+        "prev_mask": f"{prev}/mask.pt",
+    }
+
+
+def sparse_inputs(wildcards):
+    """Section 6.4's sub-networks at level L of the chain rewound to k: the IMP mask with the
+    iteration-k weights (imp), with a fresh random init (reinit), or a random mask of the same
+    per-layer sparsity with the iteration-k weights (random); optionally pre-trained first.
+    """
+    base = f"results/{wildcards.net}/seed{wildcards.seed}"
+    k, level = wildcards.k, wildcards.level
+    mask = f"{base}/imp/rewind{k}/level{level}/mask.pt"
+    out = {"mask_like" if wildcards.kind == "random" else "mask": mask}
+    if getattr(wildcards, "start", "scratch") == "pretrained":
+        out["start"] = (
+            f"{base}/sparse/rewind{k}/level{level}/{wildcards.kind}/pretext/state.pt"
+        )
+    elif wildcards.kind != "reinit":
+        out["start"] = f"{base}/dense/checkpoints/iter{k}.pt"
+    return out
+
+
+# ---- runs of each figure: (series, level, seed, metrics path) ----------------------------------
+def _dense_runs(net):
+    return [("dense", 0, s, f"results/{net}/seed{s}/dense/metrics.h5") for s in SEEDS]
+
+
+def _chain_runs(net, source, series, levels):
+    return [
+        (
+            series,
+            level,
+            s,
+            f"results/{net}/seed{s}/imp/{source}/level{level}/metrics.h5",
+        )
+        for level in levels
+        for s in SEEDS
+    ]
+
+
+def summary_runs(net, name):
+    """Every run of one summary file (results/{net}/summary/{name}.h5)."""
+    runs = _dense_runs(net)
+    if name == "imp":
+        for k in IMP_REWINDS:
+            runs += _chain_runs(net, f"rewind{k}", f"rewind{k}", IMP_LEVELS)
+    elif name.startswith("perturb_rewind"):
+        k = int(name.removeprefix("perturb_rewind"))
+        runs += _chain_runs(net, f"rewind{k}", "imp", PERTURB_LEVELS)
+        if 0 in IMP_REWINDS:
+            runs += _chain_runs(net, "rewind0", "rewind0", PERTURB_LEVELS)
+        runs += [
+            (
+                v,
+                lv,
+                s,
+                f"results/{net}/seed{s}/perturb/rewind{k}/level{lv}/{v}/metrics.h5",
+            )
+            for v in VARIANTS
+            for lv in PERTURB_LEVELS
+            for s in SEEDS
+        ]
+    elif name.startswith("pretrain_"):
+        task = name.removeprefix("pretrain_")
+        for k in PRETRAIN["reference_rewinds"]:
+            runs += _chain_runs(net, f"rewind{k}", f"rewind{k}", IMP_LEVELS)
+        for e in PRE_EPOCHS:
+            runs += _chain_runs(net, f"pretrain/{task}/e{e}", f"e{e}", [0, *IMP_LEVELS])
+    elif name == "sparse_pretrain":
+        k = SPARSE["rewind_iteration"]
+        runs += _chain_runs(net, f"rewind{k}", "imp_scratch", SPARSE["levels"])
+        if 0 in IMP_REWINDS:
+            runs += _chain_runs(net, "rewind0", "rewind0", SPARSE["levels"])
+        for kind in SPARSE["kinds"]:
+            for start in (
+                ("scratch", "pretrained") if kind != "imp" else ("pretrained",)
+            ):
+                runs += [
+                    (f"{kind}_{start}", lv, s,
+                     f"results/{net}/seed{s}/sparse/rewind{k}/level{lv}/{kind}/{start}/metrics.h5")
+                    for lv in SPARSE["levels"]
+                    for s in SEEDS
+                ]  # fmt: skip
+    else:
+        raise ValueError(f"no summary called {name}")
+    return runs
+
+
+def summary_files(wildcards):
+    return [r[3] for r in summary_runs(wildcards.net, wildcards.name)]
+
+
+def summary_keys(wildcards):
+    return [r[:3] for r in summary_runs(wildcards.net, wildcards.name)]
 
 
 # ---- targets ----------------------------------------------------------------------------------
+def _figures(names, nets=None):
+    return expand(
+        "results/figures/{fig}/{net}.{ext}",
+        fig=names,
+        net=nets or NETWORKS,
+        ext=["pdf", "png"],
+    )
+
+
 def dense_targets():
     return expand("results/{net}/seed{seed}/dense/metrics.h5", net=NETWORKS, seed=SEEDS)
 
 
-def imp_runs(net):
-    """(series, level, seed, metrics path) of every run in a network's Figure 1."""
-    runs = [("dense", 0, s, f"results/{net}/seed{s}/dense/metrics.h5") for s in SEEDS]
-    runs += [
-        (
-            f"rewind{k}",
-            level,
-            s,
-            f"results/{net}/seed{s}/imp/rewind{k}/level{level}/metrics.h5",
-        )
-        for k in IMP_REWINDS
-        for level in IMP_LEVELS
-        for s in SEEDS
-    ]
-    return runs
-
-
-def imp_summary_files(wildcards):
-    return [r[3] for r in imp_runs(wildcards.net)]
-
-
-def imp_summary_keys(wildcards):
-    return [r[:3] for r in imp_runs(wildcards.net)]
-
-
-def figure1_targets():
-    return expand(
-        "results/figures/figure1/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"]
-    )
-
-
-def figure3_targets():
-    return expand(
-        "results/figures/figure3/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"]
-    ) + [
-        "results/figures/figureA3.pdf",
-        "results/figures/figureA3.png",
-    ]
+def all_targets():
+    targets = dense_targets() + _figures(["figure1", "figure3"])
+    targets += ["results/figures/figureA3.pdf", "results/figures/figureA3.png"]
+    if VARIANTS:
+        targets += _figures([f"figure{n}" for n in (4, 5, 6, 7, 8)])
+    if PRE_TASKS:
+        targets += _figures(["figure9"])
+    if SPARSE["kinds"]:
+        targets += _figures(["figure10"])
+    return targets

@@ -1,6 +1,6 @@
 # Dense training (Section 3, Appendix A): one job per network x seed. Keeps the weights at every
 # dense.checkpoint_iterations as separate outputs, so each downstream job depends on exactly the
-# rewind point it uses.
+# rewind point it uses, and records the early-phase telemetry (Section 4).
 
 
 rule train_dense:
@@ -21,11 +21,7 @@ rule train_dense:
         "../envs/pipeline.yaml"
     threads: 2
     params:
-        hparams=hparams,
-        runtime=runtime,
-        eval_every=config["evaluation"]["every_epochs"],
-        checkpoint_iterations=DENSE_CKPTS,
-        telemetry=config["telemetry"],
+        job=dense_job,
         workdir=resume_dir,
     script:
-        "../pipeline_scripts/train_dense.py"
+        "../pipeline_scripts/train_job.py"

@@ -1,46 +1,44 @@
 # Iterative magnitude pruning with rewinding (Section 3, Figure 1). One job per level: it prunes
-# 20% of the weights level L-1 kept (global magnitude), rewinds to the dense run's weights at
-# iteration k, and trains under the new mask. Mask, weights and metrics are the level's own files.
+# 20% of the weights level L-1 kept (global magnitude), rewinds to the chain's start state and
+# trains under the new mask. The start ("source") is the dense run's weights at iteration k
+# (rewind<k>) or a pre-trained state (pretrain/<task>/e<epochs>, Section 6): one mechanism.
 
 
 rule train_imp_level:
     input:
-        unpack(imp_previous),
+        unpack(imp_inputs),
         data=DATA_FILE,
-        start="results/{net}/seed{seed}/dense/checkpoints/iter{k}.pt",
     output:
-        mask="results/{net}/seed{seed}/imp/rewind{k}/level{level}/mask.pt",
-        final="results/{net}/seed{seed}/imp/rewind{k}/level{level}/final.pt",
-        metrics="results/{net}/seed{seed}/imp/rewind{k}/level{level}/metrics.h5",
+        mask="results/{net}/seed{seed}/imp/{source}/level{level}/mask.pt",
+        final="results/{net}/seed{seed}/imp/{source}/level{level}/final.pt",
+        metrics="results/{net}/seed{seed}/imp/{source}/level{level}/metrics.h5",
     log:
-        "logs/{net}/seed{seed}/imp/rewind{k}/level{level}/train.log",
+        "logs/{net}/seed{seed}/imp/{source}/level{level}/train.log",
     benchmark:
-        "benchmarks/{net}/seed{seed}/imp/rewind{k}/level{level}/train.tsv"
+        "benchmarks/{net}/seed{seed}/imp/{source}/level{level}/train.tsv"
     conda:
         "../envs/pipeline.yaml"
     threads: 2
     params:
-        hparams=hparams,
-        runtime=runtime,
-        eval_every=config["evaluation"]["every_epochs"],
-        fraction=IMP["fraction"],
-        exclude=IMP["exclude"],
+        job=imp_job,
         workdir=resume_dir,
     script:
-        "../pipeline_scripts/train_imp_level.py"
+        "../pipeline_scripts/train_job.py"
 
 
-rule summarise_imp:
+rule summarise:
     input:
-        runs=imp_summary_files,
+        runs=summary_files,
     output:
-        "results/{net}/summary/imp.h5",
+        "results/{net}/summary/{name}.h5",
     log:
-        "logs/{net}/summary/imp.log",
+        "logs/{net}/summary/{name}.log",
+    wildcard_constraints:
+        name="imp|perturb_rewind\\d+|pretrain_[a-z0-9_]+|sparse_pretrain",
     conda:
         "../envs/pipeline.yaml"
     params:
-        runs=imp_summary_keys,
+        runs=summary_keys,
     script:
         "../pipeline_scripts/summarise.py"
 

@@ -47,8 +47,8 @@ def _check_series_name(name) -> None:
         )
 
 
-def _run_numbers(path: str) -> tuple[float, float]:
-    """(final test accuracy fraction, weights remaining fraction) from one metrics file."""
+def _run_numbers(path: str, extra: tuple = ()) -> tuple[float, float, list]:
+    """(final test accuracy fraction, weights remaining fraction, [extra attrs]) of one run."""
     try:
         attrs = metrics.read_attrs(path)
     except (OSError, KeyError) as e:  # missing file, not HDF5 at all
@@ -60,7 +60,7 @@ def _run_numbers(path: str) -> tuple[float, float]:
         raise ValueError(f"metrics file {path} lacks the root attribute {e}") from e
     if not np.isfinite(acc):
         raise ValueError(f"metrics file {path} has no final test accuracy (was it ever evaluated?)")
-    return acc, remaining
+    return acc, remaining, [float(attrs.get(name, np.nan)) for name in extra]
 
 
 def _attr_value(value):
@@ -70,8 +70,11 @@ def _attr_value(value):
     return value
 
 
-def summarise(entries: list[dict], out_path, attrs: dict | None = None) -> None:
+def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: tuple = ()) -> None:
     """Write the summary of ``entries`` (dicts with series, level, seed, path) to ``out_path``.
+
+    ``extra`` names further numeric root attributes of the metrics files (e.g. the perturbations'
+    ``effective_std``) to gather as ``/series/<name>/<attr>`` (levels x seeds, NaN where absent).
 
     Raises ValueError for an invalid series name, a (series, level, seed) given twice (naming both
     files), or a path that is not a metrics file with a final test accuracy (naming it).
@@ -100,10 +103,13 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None) -> None:
         acc = np.full((len(levels), len(seeds)), np.nan)
         remaining = np.full_like(acc, np.nan)
         paths = np.full(acc.shape, "", dtype=object)
+        gathered = {name: np.full_like(acc, np.nan) for name in extra}
         for (level, seed), path in table.items():
-            a, r = _run_numbers(path)
+            a, r, values = _run_numbers(path, tuple(extra))
             i, j = row[level], column[seed]
             acc[i, j], remaining[i, j], paths[i, j] = 100.0 * a, 100.0 * r, path
+            for name, value in zip(extra, values, strict=True):
+                gathered[name][i, j] = value
         n = np.sum(~np.isnan(acc), axis=1).astype(np.int64)
         # Every row has at least one seed, so nanmean never sees an all-NaN row.
         mean = np.nanmean(acc, axis=1)
@@ -120,6 +126,7 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None) -> None:
             "std": std,
             "n": n,
             "paths": paths,
+            **gathered,
         }
 
     out_path = Path(out_path)
@@ -137,7 +144,7 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None) -> None:
             root = f.create_group("series", track_order=True)
             for series, data in out.items():
                 g = root.create_group(series)
-                for name in _FIELDS:
+                for name in (*_FIELDS, *extra):
                     if name == "paths":
                         g.create_dataset(name, data=data[name], dtype=h5py.string_dtype())
                     else:
@@ -160,7 +167,7 @@ def read_summary(path) -> dict[str, dict[str, np.ndarray]]:
             }
         }
         for series, g in f["series"].items():
-            data = {name: g[name][()] for name in _FIELDS if name != "paths"}
+            data = {name: g[name][()] for name in g if name != "paths"}
             data["paths"] = np.asarray(g["paths"].asstr()[()], dtype=str)
             result[series] = data
     return result

@@ -302,3 +302,160 @@ def figure_a3(summary_paths: list[str], networks: list[str], out_paths: list[str
     axes.flat[4].set_visible(False)
     fig.suptitle("Early-phase telemetry of every network")
     save(fig, out_paths)
+
+
+# ---- Figures 4-8 / A4-A8: perturbations of rewound sub-networks --------------------------------
+PERTURB_FIGURES = {  # figure number -> the perturbation family it shows (perturb.family)
+    4: "signs/magnitudes",
+    5: "shuffle",
+    6: "same-sign shuffle",
+    7: "noise",
+}
+FAMILY_COLORS = {
+    "signs/magnitudes": "tab:red",
+    "shuffle": "tab:blue",
+    "same-sign shuffle": "tab:green",
+    "noise": "tab:purple",
+}
+
+
+def variant_families(variants: dict) -> dict[str, str]:
+    """variant name -> family, from its config entry {kind, **params}."""
+    from . import perturb
+
+    out = {}
+    for name, spec in variants.items():
+        spec = dict(spec)
+        out[name] = perturb.family(spec.pop("kind"), **spec)
+    return out
+
+
+def variant_label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def figure_perturbations(
+    summary_paths, rewinds, variants: dict, figure: int, out_paths, network: str
+) -> None:
+    """Figures 4-7 / A4-A7: one panel per k (paper: left k=500, right k=2000); one line per
+    variant of the figure's family, with IMP rewound to k and to 0 as references."""
+    fam = variant_families(variants)
+    shown = [v for v in variants if fam[v] == PERTURB_FIGURES[figure]]
+    colors = series_colors([*shown, "imp", "rewind0"])
+    fig, axes = new_figure(1, len(rewinds))
+    for ax, path, k in zip(axes[0], summary_paths, rewinds, strict=True):
+        summary = aggregate.read_summary(path)
+        names = [n for n in ("imp", "rewind0", *shown) if n in summary]
+        labels = {"imp": f"IMP, rewind to {k}", "rewind0": "IMP, rewind to 0",
+                  "dense": "Dense network", **{v: variant_label(v) for v in shown}}  # fmt: skip
+        draw_accuracy_vs_sparsity(
+            ax, summary, series=names, labels=labels, reference="dense", colors=colors,
+            title=f"{network_display_name(network)}, k = {k}",
+        )  # fmt: skip
+    fig.suptitle(f"Figure {figure}: {PERTURB_FIGURES[figure]} perturbations")
+    save(fig, out_paths)
+
+
+def effective_std_points(summary: dict, variants: dict, level: int) -> list[dict]:
+    """Figure 8's points: per variant, mean effective std and mean accuracy at ``level``."""
+    fam = variant_families(variants)
+    points = []
+    for v in variants:
+        if v not in summary:
+            continue
+        d = summary[v]
+        rows = np.flatnonzero(d["level"] == level)
+        if rows.size == 0 or "effective_std" not in d:
+            continue
+        i = rows[0]
+        points.append({"variant": v, "family": fam[v], "effective_std":
+                       float(np.nanmean(d["effective_std"][i])), "accuracy": float(d["mean"][i])})  # fmt: skip
+    return points
+
+
+def pearson(points: list[dict]) -> tuple[float, float]:
+    """Pearson r and two-sided p of effective std vs accuracy (NaN with fewer than 3 points)."""
+    from scipy import stats
+
+    if len(points) < 3:
+        return float("nan"), float("nan")
+    x = [p["effective_std"] for p in points]
+    y = [p["accuracy"] for p in points]
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    r, p = stats.pearsonr(x, y)
+    return float(r), float(p)
+
+
+def figure8(summary_paths, rewinds, variants: dict, level: int, out_paths, network: str) -> list:
+    """Figure 8 / A8: effective std of each perturbation vs mean accuracy at ``level``, coloured
+    by family, with Pearson r and p per panel. Returns [(k, r, p, points)] for the log."""
+    fig, axes = new_figure(1, len(rewinds))
+    results = []
+    for ax, path, k in zip(axes[0], summary_paths, rewinds, strict=True):
+        summary = aggregate.read_summary(path)
+        points = effective_std_points(summary, variants, level)
+        for family, color in FAMILY_COLORS.items():
+            pts = [p for p in points if p["family"] == family]
+            ax.scatter([p["effective_std"] for p in pts], [p["accuracy"] for p in pts],
+                       color=color, label=family, s=25)  # fmt: skip
+        r, p = pearson(points)
+        results.append((k, r, p, points))
+        remaining = summary["imp"]["remaining_percent"] if "imp" in summary else []
+        idx = np.flatnonzero(summary["imp"]["level"] == level) if "imp" in summary else []
+        pct = f"{remaining[idx[0]]:.1f}% remaining" if len(idx) else f"level {level}"
+        ax.set_title(f"{network_display_name(network)}, k = {k} ({pct})")
+        ax.text(0.97, 0.97, f"r = {r:.3f}, p = {p:.3g}", transform=ax.transAxes,
+                ha="right", va="top", fontsize="small")  # fmt: skip
+        ax.set_xlabel("Effective standard deviation of the perturbation")
+        ax.set_ylabel("Mean test accuracy (%)")
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        ax.legend(fontsize="x-small", loc="lower left")
+    save(fig, out_paths)
+    return results
+
+
+# ---- Figures 9 / A9-A12 and 10: pre-training -----------------------------------------------------
+def figure9(summary_paths, tasks: list[str], epochs: list[str], references, out_paths, network):
+    """Figure 9 / A9-A12: a panel per pre-training task; one line per duration, with IMP rewound
+    to 0 and to 500 (``references``) as reference lines, mean +- std across seeds."""
+    from . import tasks as task_registry
+
+    series = [f"e{e}" for e in epochs]
+    refs = [f"rewind{k}" for k in references]
+    colors = series_colors([*refs, *series])
+    fig, axes = new_figure(1, len(tasks))
+    for ax, path, task in zip(axes[0], summary_paths, tasks, strict=True):
+        summary = aggregate.read_summary(path)
+        labels = {**{f"e{e}": f"pre-trained {e} epochs" for e in epochs},
+                  **{f"rewind{k}": f"IMP, rewind to {k}" for k in references},
+                  "dense": "Dense network"}  # fmt: skip
+        names = [n for n in (*refs, *series) if n in summary]
+        draw_accuracy_vs_sparsity(
+            ax, summary, series=names, labels=labels, colors=colors,
+            title=task_registry.get(task).description,
+        )  # fmt: skip
+    fig.suptitle(f"{network_display_name(network)}: pre-training, then IMP from that state")
+    save(fig, out_paths)
+
+
+def figure10(summary_path, out_paths, network, *, rewind: int, task: str, epochs) -> None:
+    """Figure 10: sparse sub-networks (IMP at k, reinitialised, randomly pruned) trained with and
+    without pre-training under their masks, against IMP rewound to 0."""
+    summary = aggregate.read_summary(summary_path)
+    order = ["rewind0", "imp_scratch", "imp_pretrained", "reinit_scratch", "reinit_pretrained",
+             "random_scratch", "random_pretrained"]  # fmt: skip
+    names = [n for n in order if n in summary]
+    what = {"imp": f"IMP, rewind to {rewind}", "reinit": "IMP mask, reinitialised",
+            "random": "random mask"}  # fmt: skip
+    labels = {"rewind0": "IMP, rewind to 0", "dense": "Dense network"}
+    for n in names:
+        kind, _, start = n.partition("_")
+        if kind in what:
+            labels[n] = what[kind] + (f" + {epochs:g} ep. {task}" if start == "pretrained" else "")
+    fig, axes = new_figure(1, 1, panel_size=(6.0, 4.0))
+    draw_accuracy_vs_sparsity(
+        axes[0, 0], summary, series=names, labels=labels,
+        title=f"{network_display_name(network)}: sparse pre-training",
+    )  # fmt: skip
+    save(fig, out_paths)

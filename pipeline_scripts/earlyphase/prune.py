@@ -56,6 +56,18 @@ def global_magnitude(weights: dict, mask: dict, fraction: float) -> dict[str, to
     return new
 
 
+def random_like(mask: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random mask keeping, in every tensor, as many weights as ``mask`` does (Section 6.4's
+    randomly pruned sub-networks: same per-layer sparsity, random positions)."""
+    out = {}
+    for name, m in mask.items():
+        keep = torch.randperm(m.numel(), generator=generator)[: int(m.sum())]
+        new = torch.zeros(m.numel(), dtype=torch.bool)
+        new[keep] = True
+        out[name] = new.view_as(m)
+    return out
+
+
 def counts(mask: dict) -> dict[str, tuple[int, int]]:
     """{name: (total, kept)} per tensor."""
     return {n: (m.numel(), int(m.sum())) for n, m in mask.items()}

@@ -10,6 +10,7 @@ new way of naming a start state, not a copy of the training code (issue 3, item 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -23,7 +24,18 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, data, device, models, prune, rng, telemetry
+from . import (
+    __version__,
+    checkpoint,
+    data,
+    device,
+    models,
+    perturb,
+    prune,
+    rng,
+    tasks,
+    telemetry,
+)
 from .hparams import TrainingHparams
 from .metrics import write_run
 from .train import RunOptions, train
@@ -53,6 +65,12 @@ class Job:
     eval_iterations: tuple = ()  # extra evaluation points
     telemetry: dict | None = None  # iterations, points, dense_until, eval_subset, eval_subset_until
     out_telemetry: str | None = None  # raw telemetry + weight snapshots (telemetry.Recorder)
+    perturbation: dict | None = None  # {"kind": ..., **params}: perturb the start (Section 5)
+    perturb_init0: str | None = None  # iteration-0 weights, the "0" source of a perturbation
+    perturb_key: str = ""  # names the perturbation's random stream (variant, k, level)
+    init_purpose: str = "init"  # random stream of a fresh init ("reinit" = not the dense run's)
+    task: str | None = None  # pre-training task (tasks.REGISTRY); None = CIFAR-10 itself
+    random_mask_like: str | None = None  # random mask with this IMP mask's per-layer sparsity
 
 
 def code_version() -> str:
@@ -83,7 +101,7 @@ def eval_schedule(total: int, ipe: int, every_epochs: float, extra=()) -> list[i
 def build_start(job: Job, dev: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model at its starting state; returns (model, init_std per layer)."""
     model = models.build(job.network)
-    init_std = models.initialise(model, rng.generator(job.seed, "init"))
+    init_std = models.initialise(model, rng.generator(job.seed, job.init_purpose))
     if job.init is not None:
         ck = checkpoint.load(job.init)
         if ck["network"] and ck["network"] != job.network:
@@ -94,7 +112,54 @@ def build_start(job: Job, dev: torch.device) -> tuple[torch.nn.Module, dict]:
     return model.to(dev), init_std
 
 
+def apply_perturbation(job: Job, model, mask: dict, init_std: dict) -> dict:
+    """Replace the kept prunable weights of the rewound sub-network by a perturbed version
+    (Section 5); biases, BatchNorm parameters and buffers keep their iteration-k values.
+    Returns the bookkeeping written to the metrics file (effective std for Figure 8)."""
+    if not mask:
+        raise ValueError("a perturbation needs the IMP mask of its level (mask_in)")
+    names = list(mask)
+    state = model.state_dict()
+    dev = state[names[0]].device
+
+    def masked(weights):
+        return {n: weights[n].to(dev) * mask[n].to(dev) for n in names}
+
+    fresh = models.build(job.network)
+    models.initialise(fresh, rng.generator(job.seed, "fresh_init"))
+    w_k = masked(state)
+    sources = perturb.Sources(
+        weights_k=w_k,
+        weights_0=masked(checkpoint.load(job.perturb_init0)["state_dict"])
+        if job.perturb_init0
+        else None,
+        fresh=masked(fresh.state_dict()),
+        mask={n: mask[n].to(dev) for n in names},
+        init_std={n: init_std[n] for n in names},
+    )
+    spec = dict(job.perturbation)
+    kind = spec.pop("kind")
+    new = perturb.perturb(
+        kind, sources, rng.generator(job.seed, "perturb", job.perturb_key), **spec
+    )
+    mean, std = perturb.effective_change(new, w_k, sources.mask)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n in names:
+            params[n].copy_(new[n])
+    return {
+        "perturbation": {"kind": kind, **spec},
+        "perturbation_family": perturb.family(kind, **spec),
+        "effective_mean": mean,
+        "effective_std": std,
+        "perturbed_tensors": names,
+    }
+
+
 def make_mask(job: Job, model) -> dict | None:
+    if job.random_mask_like is not None:
+        like = prune.load(job.random_mask_like)
+        return prune.random_like(like, rng.generator(job.seed, "random_mask", job.level))
     if job.mask_in is not None:
         return prune.load(job.mask_in)
     if job.prune_from is None:
@@ -114,6 +179,28 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
     ds = data.load(job.data_path, dev)
     model, init_std = build_start(job, dev)
     mask = make_mask(job, model)
+    perturbed = apply_perturbation(job, model, mask, init_std) if job.perturbation else {}
+    task, batch_fn, main_classes, train_mask = None, None, ds.num_classes, mask
+    if job.task is not None:
+        # Pre-training (Section 6): the task's head (rotation: 4-way), labels and batch transform;
+        # the test set gets the same transform once, so evaluation measures the pretext task.
+        task = tasks.get(job.task)
+        if task.num_classes and task.num_classes != main_classes:
+            models.replace_head(model, task.num_classes, rng.generator(job.seed, "pretext_head"))
+            model.to(dev)
+            if mask:  # the temporary pretext head is dense; the body keeps its mask (6.4)
+                head = models.output_layer(model) + "."
+                train_mask = {k: v for k, v in mask.items() if not k.startswith(head)}
+        if task.relabel is not None:
+            ds = dataclasses.replace(ds, train_y=task.relabel(ds.train_y, job.seed))
+        if task.batch is not None:
+            test_x, test_y = task.batch(
+                ds.test_x, ds.test_y, rng.generator(job.seed, "task_eval", device=dev)
+            )
+            ds = dataclasses.replace(ds, test_x=test_x, test_y=test_y)
+
+            def batch_fn(x, y, it):
+                return task.batch(x, y, tasks.batch_generator(job.seed, it, dev))
 
     n = ds.train_x.shape[0]
     total, ipe = hp.total_iterations(n), hp.iterations_per_epoch(n)
@@ -143,6 +230,7 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
         eval_batch_size=int(job.runtime.get("eval_batch_size", 250)),
         checkpoint_seconds=float(job.runtime.get("checkpoint_seconds", 600)),
         compile=bool(job.runtime.get("compile", False)),
+        batch_fn=batch_fn,
     )
     log(
         f"{job.network} seed {job.seed}: {total} iterations ({ipe}/epoch) on {dev}, "
@@ -156,15 +244,19 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
         hp,
         opts,
         workdir=job.workdir,
-        mask=mask,
+        mask=train_mask,
         network=job.network,
         log=log,
         recorder=recorder,
     )
 
+    if task is not None and task.num_classes and task.num_classes != main_classes:
+        # The pre-trained state feeds CIFAR-10 training: a fresh 10-way head (Section 6.2).
+        models.replace_head(model, main_classes, rng.generator(job.seed, "main_head"))
     meta = {"hparams": hp.to_dict(), "seed": job.seed, "code_version": code_version()}
     attrs = {
         **job.attrs,
+        **perturbed,
         "network": job.network,
         "seed": job.seed,
         "level": job.level,

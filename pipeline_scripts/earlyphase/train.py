@@ -178,15 +178,21 @@ def train(
         if mparams:
             torch._foreach_mul_(mparams, mmasks)
 
+    # Everything that shapes the trajectory: a resume state from other settings must not be used.
+    fingerprint = repr(
+        (hp.to_dict(), opts.seed, sorted(eval_at), sorted(snapshot_at), opts.eval_subset,
+         opts.eval_subset_until, sorted(mask) if mask else None, total)
+    )  # fmt: skip
     metrics = Metrics()
     snapshots: dict[int, str] = {}
     it = last_log_it = 0
     loss_acc = torch.zeros((), device=device, dtype=torch.float32)
     if resume_path.exists():
         state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state.get("format") != RESUME_FORMAT or state.get("total") != total:
+        if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fingerprint:
             raise RuntimeError(
-                f"{resume_path} belongs to a different run; delete {workdir} to start afresh"
+                f"{resume_path} was saved by a run with other settings (hyperparameters, "
+                f"schedule, seed or mask); delete {workdir} to start this run afresh"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -203,7 +209,7 @@ def train(
         checkpoint.atomic_save(
             {
                 "format": RESUME_FORMAT,
-                "total": total,
+                "fingerprint": fingerprint,
                 "iteration": it,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

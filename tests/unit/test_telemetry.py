@@ -137,7 +137,9 @@ def test_resumed_telemetry_equals_uninterrupted(tiny_data, tmp_path):
         _run(tiny_data, tmp_path / "run", batch_fn=sigterm_at_6)
     resumed = _run(tiny_data, tmp_path / "run")
     for key in ref.values:
-        torch.testing.assert_close(ref.values[key], resumed.values[key], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(
+            ref.values[key], resumed.values[key], rtol=0, atol=0, equal_nan=True
+        )
     ref.write(), resumed.write()
     with (
         h5py.File(tmp_path / "ref/telemetry.h5") as a,

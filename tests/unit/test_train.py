@@ -177,3 +177,13 @@ def test_diverging_job_leaves_no_outputs(data_file, tmp_path):
     with pytest.raises(train.NonFiniteLoss):
         runs.run(job, log=lambda s: None)
     assert not any(tmp_path.glob("*.pt")) and not (tmp_path / "metrics.h5").exists()
+
+
+def test_resume_state_from_other_settings_is_refused(dataset, tmp_path):
+    work = tmp_path / "run"
+    opts = train.RunOptions(seed=1, log_every=2, batch_fn=_interrupt_at(5, "sigterm"))
+    with pytest.raises(train.Interrupted):
+        train.train(_model(), dataset, HP, opts, workdir=work, log=lambda s: None)
+    other = replace(HP, lr=0.01)
+    with pytest.raises(RuntimeError, match="other settings"):
+        train.train(_model(), dataset, other, replace(opts, batch_fn=None), workdir=work)

@@ -64,6 +64,21 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
         assert f["accuracy/seeds"].shape[0] == 2
         assert f["cos_final/mean"][-1] > 0.9999  # the last snapshot is the final state (float16)
     assert "grad_min_iteration" in (res / "resnet8_w4" / "summary" / "timeline.txt").read_text()
+    for fig in ("figure4", "figure5", "figure6", "figure7", "figure8", "figure9", "figure10"):
+        assert (res / "figures" / fig / "resnet8_w4.png").stat().st_size > 1000, fig
+    # Perturbation branches record their effective change (Figure 8's x-axis)
+    branch = res / "resnet8_w4" / "seed1" / "perturb" / "rewind4" / "level2" / "noise_1"
+    with h5py.File(branch / "metrics.h5") as f:
+        assert f.attrs["effective_std"] > 0 and f.attrs["perturbation_family"] == "noise"
+    # Pre-trained chains: level 0 trains the unpruned network from the pre-trained state
+    chain = res / "resnet8_w4" / "seed1" / "imp" / "pretrain" / "rotation" / "e1"
+    assert (chain / "level0" / "final.pt").is_file() and (chain / "level2" / "mask.pt").is_file()
+    with h5py.File(chain / "level1" / "metrics.h5") as f:
+        assert f.attrs["init"].endswith("pretrain/rotation/e1/state.pt")
+    with h5py.File(res / "resnet8_w4" / "summary" / "sparse_pretrain.h5") as f:
+        assert {"imp_scratch", "imp_pretrained", "reinit_pretrained", "random_scratch"} <= set(
+            f["series"]
+        )
     assert not (out / "resume").exists() or not any((out / "resume").rglob("*.pt"))
 
 
@@ -84,7 +99,8 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
         )
     finally:
         plots.write_text(original)
-    assert set(counts) - {"total", "all"} == {"figure1", "figure3", "figure_a3"}, counts
+    figures = {"figure1", "figure3", "figure_a3", "figure_perturb", "figure9", "figure10"}
+    assert set(counts) - {"total", "all"} == figures, counts
 
 
 def test_lint_is_clean():
@@ -92,11 +108,19 @@ def test_lint_is_clean():
     assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_default_config_plans_every_dense_and_imp_job(tmp_path):
+def test_default_config_plans_the_paper_dag(tmp_path):
     counts = job_counts(smk("-n", "--quiet", "rules", "--directory", str(tmp_path)).stdout)
-    assert counts["train_dense"] == 25  # 5 networks x 5 seeds
-    assert counts["train_imp_level"] == 5 * 5 * 6 * 14  # x 6 rewind points x 14 levels
-    assert counts["figure1"] == 5
+    runs = 5 * 5  # networks x seeds
+    assert counts["train_dense"] == runs
+    pretrained_chains = 4 * 5  # tasks x durations
+    assert (
+        counts["train_imp_level"] == runs * (6 + pretrained_chains) * 14
+    )  # rewind points x levels
+    assert counts["train_perturbed"] == runs * 2 * 7 * 15  # k x levels x variants
+    assert counts["pretrain"] == counts["train_from_pretrained"] == runs * pretrained_chains
+    assert counts["sparse_pretext"] == runs * 7 * 3 and counts["sparse_train"] == runs * 7 * 5
+    assert counts["figure1"] == counts["figure9"] == counts["figure10"] == 5
+    assert counts["figure_perturb"] == 5 * 5  # Figures 4-8 per network
 
 
 @pytest.mark.parametrize(
