@@ -1,0 +1,107 @@
+"""runs.run for the branch kinds: perturbation bookkeeping, pre-training heads, sparse masks."""
+
+import h5py
+import pytest
+import torch
+
+from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs
+from pipeline_scripts.earlyphase.hparams import TrainingHparams
+
+NET = "resnet8_w4"
+HP = TrainingHparams(batch_size=32, epochs=1, milestones=()).to_dict()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    data.prepare(root / "d.h5", "synthetic", synthetic={"n_train": 96, "n_test": 32}, seed=0)
+    dense = root / "dense"
+    job = runs.Job(
+        network=NET, seed=1, data_path=str(root / "d.h5"), hparams=HP, runtime={"log_every": 1},
+        eval_every=1, workdir=str(root / "w"), out_final=str(dense / "final.pt"),
+        out_metrics=str(dense / "metrics.h5"),
+        snapshots={0: str(dense / "iter0.pt"), 2: str(dense / "iter2.pt")},
+    )  # fmt: skip
+    runs.run(job, log=lambda s: None)
+    weights = checkpoint.load(dense / "final.pt")["state_dict"]
+    model = models.build(NET)
+    names = models.prunable(model, NET)
+    mask = prune.global_magnitude(weights, prune.full_mask(weights, names), 0.5)
+    prune.save(root / "mask.pt", mask, level=3)
+    return root, mask
+
+
+def _branch(root, name, **kw):
+    out = root / name
+    job = runs.Job(
+        network=NET, seed=1, data_path=str(root / "d.h5"), hparams=HP, runtime={"log_every": 1},
+        eval_every=1, workdir=str(out / "w"), out_final=str(out / "final.pt"),
+        out_metrics=str(out / "metrics.h5"), snapshots={0: str(out / "start.pt")}, **kw,
+    )  # fmt: skip
+    attrs = runs.run(job, log=lambda s: None)
+    return attrs, checkpoint.load(out / "start.pt")["state_dict"], out
+
+
+def test_perturbation_touches_only_kept_prunable_weights(setup):
+    root, mask = setup
+    attrs, start, out = _branch(
+        root, "noise", init=str(root / "dense" / "iter2.pt"), mask_in=str(root / "mask.pt"),
+        perturbation={"kind": "noise", "scale": 1.0}, perturb_init0=str(root / "dense/iter0.pt"),
+        perturb_key="noise_1",
+    )  # fmt: skip
+    k2 = checkpoint.load(root / "dense" / "iter2.pt")["state_dict"]
+    for name, value in k2.items():
+        if name in mask:
+            assert (start[name][~mask[name]] == 0).all()
+            assert not torch.equal(start[name][mask[name]], value[mask[name]])
+        else:  # biases, BatchNorm parameters and buffers keep their iteration-k values
+            assert torch.equal(start[name], value), name
+    diffs = torch.cat([(start[n] - k2[n])[mask[n]] for n in mask])
+    assert attrs["effective_std"] == pytest.approx(
+        diffs.double().std(unbiased=False).item(), rel=1e-4
+    )
+    assert attrs["perturbation_family"] == "noise"
+    with h5py.File(out / "metrics.h5") as f:
+        assert f.attrs["effective_std"] == pytest.approx(attrs["effective_std"])
+
+
+def test_rotation_pretraining_swaps_heads_and_keeps_the_body(setup):
+    root, _ = setup
+    attrs, start, out = _branch(root, "rot", task="rotation")
+    final = checkpoint.load(out / "final.pt")["state_dict"]
+    assert final["fc.weight"].shape[0] == 10  # a fresh 10-way head for CIFAR-10 ...
+    assert start["fc.weight"].shape[0] == 4  # ... after training a 4-way rotation head
+    with h5py.File(out / "metrics.h5") as f:  # evaluation measured the rotation task
+        assert 0.0 <= f.attrs["final_test_accuracy"] <= 1.0
+    # The body trained; the returned head is the seed's "main_head" draw, not the init's fc.
+    init = models.build(NET)
+    models.initialise(init, rng.generator(1, "init"))
+    assert not torch.equal(final["conv1.weight"], init.state_dict()["conv1.weight"])
+    assert not torch.equal(final["fc.weight"], init.state_dict()["fc.weight"])
+
+
+def test_sparse_pretraining_keeps_masks_exact(setup):
+    root, mask = setup
+    _, start, out = _branch(
+        root, "sparse", task="rotation", init=str(root / "dense" / "iter2.pt"),
+        mask_in=str(root / "mask.pt"), out_mask=str(root / "sparse" / "mask.pt"), level=3,
+    )  # fmt: skip
+    final = checkpoint.load(out / "final.pt")["state_dict"]
+    for name, keep in mask.items():
+        if not name.startswith("fc."):  # the pretext head is temporary and dense
+            assert (final[name][~keep] == 0).all(), name
+    saved = prune.load(root / "sparse" / "mask.pt")
+    assert all(torch.equal(saved[n], mask[n]) for n in mask)
+
+
+def test_random_mask_has_the_same_per_layer_sparsity(setup):
+    root, mask = setup
+    _, start, out = _branch(
+        root, "random", init=str(root / "dense" / "iter2.pt"), random_mask_like=str(root / "mask.pt"),
+        out_mask=str(root / "random" / "mask.pt"), level=3,
+    )  # fmt: skip
+    rand = prune.load(root / "random" / "mask.pt")
+    assert prune.counts(rand) == prune.counts(mask)
+    assert any(not torch.equal(rand[n], mask[n]) for n in mask)
+    again = prune.random_like(mask, rng.generator(1, "random_mask", 3))
+    assert all(torch.equal(again[n], rand[n]) for n in mask)  # keyed by (seed, level)
