@@ -105,3 +105,21 @@ def test_random_mask_has_the_same_per_layer_sparsity(setup):
     assert any(not torch.equal(rand[n], mask[n]) for n in mask)
     again = prune.random_like(mask, rng.generator(1, "random_mask", 3))
     assert all(torch.equal(again[n], rand[n]) for n in mask)  # keyed by (seed, level)
+
+
+def test_effective_std_report_for_configured_variants(setup):
+    import yaml
+
+    from pipeline_scripts.earlyphase import effective_std
+
+    root, mask = setup
+    with open("config.yaml") as f:
+        variants = yaml.safe_load(f)["perturb"]["variants"]
+    dense = root / "dense"
+    out = effective_std.effective_stds(NET, dense / "iter2.pt", dense / "iter0.pt", variants, mask)
+    assert set(out) == set(variants)
+    for name, (mean, std) in out.items():
+        assert std > 0, name
+        if "shuffle" in name and "signs" not in name:  # a permutation keeps the sum
+            assert abs(mean) < 1e-6, name
+    assert out["noise_2"][1] > out["noise_1"][1] > out["noise_0.5"][1]
