@@ -119,7 +119,8 @@ def test_effective_std_report_for_configured_variants(setup):
     out = effective_std.effective_stds(NET, dense / "iter2.pt", dense / "iter0.pt", variants, mask)
     assert set(out) == set(variants)
     for name, (mean, std) in out.items():
-        assert std > 0, name
+        # after 2 steps hardly any sign has flipped, so signs-from-0 may change nothing at all
+        assert std > 0 or name.startswith("signs_0"), name
         if "shuffle" in name and "signs" not in name:  # a permutation keeps the sum
             assert abs(mean) < 1e-6, name
     assert out["noise_2"][1] > out["noise_1"][1] > out["noise_0.5"][1]
