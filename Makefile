@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: laptop test smoke bench lint clean-results
+.PHONY: laptop test smoke lint rulegraph
 
 $(STAMP): pyproject.toml envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,8 @@ smoke: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/ruff check pipeline_scripts tests
+
+# The rule graph checked into docs/ (tests/workflow/test_workflow.py keeps it current).
+rulegraph: $(STAMP)
+	$(BIN)/snakemake --profile profiles/smoke --rulegraph --quiet all > docs/rulegraph.dot
+	dot -Tsvg docs/rulegraph.dot > docs/rulegraph.svg

@@ -142,3 +142,13 @@ def test_bad_config_fails_naming_the_key(tmp_path, override, needle):
     proc = smk("-n", "--directory", str(tmp_path), *args, check=False)
     assert proc.returncode != 0
     assert needle in proc.stdout + proc.stderr
+
+
+def test_checked_in_rule_graph_is_current():
+    """docs/rulegraph.dot (and .svg, drawn from it by `make rulegraph`) shows today's rules."""
+    proc = smk("--profile", "profiles/smoke", "--rulegraph", "--quiet", "all")
+    current = sorted(line.strip() for line in proc.stdout.splitlines() if line.strip())
+    checked_in = (ROOT / "docs" / "rulegraph.dot").read_text().splitlines()
+    assert current == sorted(line.strip() for line in checked_in if line.strip()), (
+        "the rule graph changed: run `make rulegraph` and commit docs/rulegraph.*"
+    )
