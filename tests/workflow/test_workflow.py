@@ -103,6 +103,27 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
     assert set(counts) - {"total", "all"} == figures, counts
 
 
+@pytest.mark.slow
+def test_new_rewind_point_or_level_adds_only_new_jobs(smoke_run, tmp_path):
+    out, _ = smoke_run
+    overlay = tmp_path / "more.yaml"
+    base = ["--profile", "profiles/smoke", "--directory", str(out), "-n"]
+    # k = 8 is already kept by the dense runs (dense.checkpoint_iterations), so only IMP jobs
+    overlay.write_text("imp: {rewind_iterations: [0, 4, 8], levels: 2}\n")
+    counts = job_counts(
+        smk(*base, "--configfile", "config.yaml", "config/smoke.yaml", str(overlay)).stdout
+    )
+    assert counts["train_imp_level"] == 2 * 2  # 2 seeds x 2 levels of the new chain
+    assert "train_dense" not in counts and "train_perturbed" not in counts
+    # one more level: one new job per existing chain (2 seeds x (2 rewind + 4 pre-trained))
+    overlay.write_text("imp: {levels: 3}\n")
+    counts = job_counts(
+        smk(*base, "--configfile", "config.yaml", "config/smoke.yaml", str(overlay)).stdout
+    )
+    assert counts["train_imp_level"] == 2 * (2 + 4)
+    assert "train_dense" not in counts and "pretrain" not in counts
+
+
 def test_lint_is_clean():
     proc = smk("--lint")
     assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -1,0 +1,126 @@
+"""Several runs in one process: each model of a group ends where its own train.train run ends
+(same seed, same mask), BatchNorm running statistics included, to float tolerance."""
+
+import pytest
+import torch
+
+from pipeline_scripts.earlyphase import data, models, multirun, prune, rng, train
+from pipeline_scripts.earlyphase.hparams import TrainingHparams
+
+NET = "resnet8_w4"
+# 96 images at batch 32: 3 steps per epoch; 2 epochs cross an epoch boundary (new data order).
+HP = TrainingHparams(batch_size=32, epochs=2, milestones=(1,), lr=0.05)
+SEEDS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "synthetic.h5"
+    data.prepare(path, "synthetic", synthetic={"n_train": 96, "n_test": 40}, seed=0)
+    return data.load(path)
+
+
+def _model(seed):
+    m = models.build(NET)
+    models.initialise(m, rng.generator(seed, "init"))
+    return m
+
+
+def _masks():
+    """Seed 1 dense; seeds 2 and 3 under different 50%-sparse masks of their own init."""
+    out = [None]
+    for seed in SEEDS[1:]:
+        state = _model(seed).state_dict()
+        full = prune.full_mask(state, models.prunable(_model(seed), NET))
+        out.append(prune.global_magnitude(state, full, 0.5))
+    return out
+
+
+@pytest.fixture(scope="module")
+def separate(dataset, tmp_path_factory):
+    """Each seed trained alone by train.train: final states and evaluation metrics."""
+    root = tmp_path_factory.mktemp("separate")
+    states, metrics = [], []
+    for seed, mask in zip(SEEDS, _masks(), strict=True):
+        m = _model(seed)
+        opts = train.RunOptions(seed=seed, eval_iterations=[0, 3], log_every=2)
+        res = train.train(
+            m, dataset, HP, opts, workdir=root / str(seed), mask=mask, log=lambda s: None
+        )
+        states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        metrics.append(res.metrics)
+    return states, metrics
+
+
+# Float tolerance after 6 steps: the grouped convolution differs from the plain one in rounding
+# only (measured max |diff| ~1e-6); vmap's batched kernels accumulate differently (~3e-5).
+TOL = {"grouped": {"rtol": 1e-4, "atol": 1e-5}, "vmap": {"rtol": 1e-3, "atol": 1e-4}}
+
+
+def _close(a: dict, b: dict, name: str, tol=TOL["grouped"]):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype == torch.int64:  # num_batches_tracked
+            assert torch.equal(a[k], b[k]), (name, k)
+        else:
+            torch.testing.assert_close(a[k], b[k], **tol, msg=f"{name} {k}")
+
+
+@pytest.mark.parametrize("method", multirun.METHODS)
+def test_group_matches_separate_runs(dataset, separate, method):
+    states, sep_metrics = separate
+    group = [_model(s) for s in SEEDS]
+    res = multirun.train_group(
+        group, dataset, HP, SEEDS, masks=_masks(), method=method, eval_iterations=[0, 3],
+        log_every=2, snapshot_iterations=[0, 4], log=lambda s: None,
+    )  # fmt: skip
+    assert res.total_iterations == 6 and res.iterations_per_epoch == 3
+    for i, (seed, mask) in enumerate(zip(SEEDS, _masks(), strict=True)):
+        _close(group[i].state_dict(), states[i], f"{method} seed {seed}", TOL[method])
+        # Running statistics are per model (and really were updated).
+        bn = "layer1.0.bn1.running_mean"
+        assert not torch.equal(group[i].state_dict()[bn], _model(seed).state_dict()[bn])
+        sm, gm = sep_metrics[i], res.metrics[i]
+        assert gm.eval_iteration == sm.eval_iteration == [0, 3, 6]
+        assert gm.train_iteration == sm.train_iteration
+        torch.testing.assert_close(gm.train_loss, sm.train_loss, **TOL[method])
+        torch.testing.assert_close(gm.eval_loss, sm.eval_loss, **TOL[method])
+        assert gm.eval_accuracy == pytest.approx(sm.eval_accuracy, abs=1 / 40 + 1e-9)
+        assert gm.images == sm.images == 6 * 32
+        assert sorted(res.snapshots[i]) == [0, 4]
+        start = _model(seed).state_dict()  # snapshot 0 = the masked start, as in train.train
+        start.update({k: start[k] * keep for k, keep in (mask or {}).items()})
+        _close(res.snapshots[i][0], start, f"{method} snapshot 0")
+    # The models differ from one another (own seeds, own masks) ...
+    assert not torch.equal(group[0].conv1.weight, group[1].conv1.weight)
+    # ... and the masked ones stayed masked.
+    for model, mask in zip(group, _masks(), strict=True):
+        for name, keep in (mask or {}).items():
+            assert not dict(model.named_parameters())[name][~keep].any(), name
+
+
+def test_widen_pack_unpack_roundtrip_and_forward():
+    ms = [_model(s) for s in SEEDS]
+    for m in ms:
+        m.eval()
+    g = multirun.Grouped(ms, torch.device("cpu"))
+    for i, m in enumerate(ms):
+        _close(g.state_dict(i), m.state_dict(), f"roundtrip {i}")
+    g.train(False)
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    xs = [x, x.flip(0), x.flip(-1)]
+    hp = TrainingHparams()
+    from pipeline_scripts.earlyphase import augment
+
+    norm1 = augment.Normalise(hp.mean, hp.std, "cpu")
+    with torch.no_grad():
+        out = g.logits(xs, g.normaliser(hp, "cpu"))
+        for i, m in enumerate(ms):
+            torch.testing.assert_close(out[i], m(norm1(xs[i])), rtol=1e-4, atol=1e-5)
+
+
+def test_widen_never_touches_the_global_rng():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    multirun.Grouped([_model(1), _model(2)], torch.device("cpu"))
+    assert torch.equal(before, torch.get_rng_state())
