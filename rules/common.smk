@@ -134,13 +134,18 @@ def dense_job(wildcards):
     )
 
 
+def _rewind_attr(source):
+    m = re.fullmatch(r"rewind(\d+)", source)
+    return {"rewind_iteration": int(m[1])} if m else {}
+
+
 def imp_job(wildcards):
     return _job(
         wildcards,
         prune_fraction=IMP["fraction"],
         prune_exclude=IMP["exclude"],
         level=int(wildcards.level),
-        attrs={"experiment": "imp", "series": wildcards.source},
+        attrs={"experiment": "imp", "series": wildcards.source, **_rewind_attr(wildcards.source)},
     )
 
 

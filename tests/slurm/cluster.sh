@@ -125,6 +125,15 @@ node_hardware() {  # sets CPUS BOARDS SOCKETS CORES THREADS MEM_MB for this host
     headroom=$(( total_mb / 5 > 1024 ? total_mb / 5 : 1024 ))   # 20%, at least 1 GB
     MEM_MB=$(( total_mb - headroom ))
     ((MEM_MB > 512)) || die "only ${total_mb} MB of memory; too little for a test cluster"
+    # profiles/slurm asks for production sizes (up to 8 GB for prepare_data, 3 GB per training
+    # thread); the smoke jobs need far less. On a small machine, declare 16 GB anyway
+    # (config_overrides stops slurmd from draining the node for it; nothing enforces memory here).
+    SLURMD_PARAMS=""
+    if ((MEM_MB < 16384)); then
+        log "declaring RealMemory=16384 MB (machine: ${total_mb} MB) with SlurmdParameters=config_overrides"
+        MEM_MB=16384
+        SLURMD_PARAMS="SlurmdParameters=config_overrides"
+    fi
 }
 
 configure() {
@@ -175,6 +184,7 @@ KillWait=30
 InactiveLimit=0
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+$SLURMD_PARAMS
 $acct_lines
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$CPUS Boards=$BOARDS SocketsPerBoard=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM_MB Gres=gpu:fake:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -326,7 +336,11 @@ cmd_start() {
     if [[ $ACCOUNTING == 1 ]]; then
         wait_for sacct sacct -n -X || die "sacct does not work (see $LOGDIR/slurmdbd.log)"
     fi
-    log "cluster $CLUSTER is up ($(elapsed)); partition debug, account $ACCOUNT"
+    if [[ $ACCOUNTING == 1 ]]; then
+        log "cluster $CLUSTER is up ($(elapsed)); partition debug, account $ACCOUNT, sacct works"
+    else
+        log "cluster $CLUSTER is up ($(elapsed)); partition debug, no accounting (use squeue)"
+    fi
 }
 
 cmd_stop() {
