@@ -267,9 +267,9 @@ def timeline(summary: dict, final_accuracy: float, settle_tolerance: float = 0.1
     g = np.asarray(summary["grad_norm/mean"])
     acc = np.asarray(summary["accuracy/mean"])
     signs = np.asarray(summary["sign_changed/mean"])
-    later = its >= 1
-    i_min = int(np.flatnonzero(later)[np.argmin(g[later])])
-    plateau = float(np.mean(g[its >= its[-1] / 2]))
+    later = np.flatnonzero((its >= 1) & np.isfinite(g))  # the last point has no gradient (NaN)
+    i_min = int(later[np.argmin(g[later])])
+    plateau = float(np.nanmean(g[its >= its[-1] / 2]))
     settle = [t for t, v in zip(its[i_min:], g[i_min:], strict=True)
               if abs(v - plateau) <= settle_tolerance * plateau]  # fmt: skip
 
