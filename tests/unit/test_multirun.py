@@ -4,7 +4,16 @@
 import pytest
 import torch
 
-from pipeline_scripts.earlyphase import data, models, multirun, prune, rng, train
+from pipeline_scripts.earlyphase import (
+    augment,
+    checkpoint,
+    data,
+    models,
+    multirun,
+    prune,
+    rng,
+    train,
+)
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 NET = "resnet8_w4"
@@ -40,21 +49,28 @@ def _masks():
 def separate(dataset, tmp_path_factory):
     """Each seed trained alone by train.train: final states and evaluation metrics."""
     root = tmp_path_factory.mktemp("separate")
-    states, metrics = [], []
+    states, metrics, at3 = [], [], []
     for seed, mask in zip(SEEDS, _masks(), strict=True):
         m = _model(seed)
-        opts = train.RunOptions(seed=seed, eval_iterations=[0, 3], log_every=2)
+        opts = train.RunOptions(
+            seed=seed, eval_iterations=[0, 3], snapshot_iterations=[3], log_every=2
+        )
         res = train.train(
             m, dataset, HP, opts, workdir=root / str(seed), mask=mask, log=lambda s: None
         )
         states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         metrics.append(res.metrics)
-    return states, metrics
+        at3.append(checkpoint.load(res.snapshots[3])["state_dict"])
+    return states, metrics, at3
 
 
-# Float tolerance after 6 steps: the grouped convolution differs from the plain one in rounding
-# only (measured max |diff| ~1e-6); vmap's batched kernels accumulate differently (~3e-5).
-TOL = {"grouped": {"rtol": 1e-4, "atol": 1e-5}, "vmap": {"rtol": 1e-3, "atol": 1e-4}}
+# Float tolerance. Both methods give the separate runs' gradients to 1e-12 in float64
+# (test_gradients_equal_separate_in_float64). In float32 the grouped network runs the single run's
+# kernels (channels_last, same BatchNorm) and stays within ~1e-6 of it over 6 steps. vmap runs
+# other kernels (NCHW, a decomposed BatchNorm backward), and this 4-channel toy network is badly
+# conditioned: at seed 3 the separate run's own float32 gradients are ~1% off the float64 ones
+# (measured; vmap's are 2e-6 off), so vmap is compared over 3 steps with a looser tolerance.
+TOL = {"grouped": {"rtol": 1e-4, "atol": 1e-5}, "vmap": {"rtol": 1e-3, "atol": 1e-3}}
 
 
 def _close(a: dict, b: dict, name: str, tol=TOL["grouped"]):
@@ -63,12 +79,12 @@ def _close(a: dict, b: dict, name: str, tol=TOL["grouped"]):
         if a[k].dtype == torch.int64:  # num_batches_tracked
             assert torch.equal(a[k], b[k]), (name, k)
         else:
-            torch.testing.assert_close(a[k], b[k], **tol, msg=f"{name} {k}")
+            torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, k=k: f"{name} {k}: {m}")
 
 
-@pytest.mark.parametrize("method", multirun.METHODS)
+@pytest.mark.parametrize("method", ["grouped"])
 def test_group_matches_separate_runs(dataset, separate, method):
-    states, sep_metrics = separate
+    states, sep_metrics, _ = separate
     group = [_model(s) for s in SEEDS]
     res = multirun.train_group(
         group, dataset, HP, SEEDS, masks=_masks(), method=method, eval_iterations=[0, 3],
@@ -110,8 +126,6 @@ def test_widen_pack_unpack_roundtrip_and_forward():
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     xs = [x, x.flip(0), x.flip(-1)]
     hp = TrainingHparams()
-    from pipeline_scripts.earlyphase import augment
-
     norm1 = augment.Normalise(hp.mean, hp.std, "cpu")
     with torch.no_grad():
         out = g.logits(xs, g.normaliser(hp, "cpu"))
@@ -124,3 +138,33 @@ def test_widen_never_touches_the_global_rng():
     before = torch.get_rng_state()
     multirun.Grouped([_model(1), _model(2)], torch.device("cpu"))
     assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("cls", [multirun.Grouped, multirun.Vmapped])
+def test_gradients_equal_separate_in_float64(cls):
+    """One backward of the summed per-model losses = each model's own gradient, to 1e-12."""
+    ms = [_model(s).double() for s in SEEDS]
+    group = cls([_model(s).double() for s in SEEDS], torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64) for _ in ms]
+    ys = [torch.randint(10, (8,), generator=g) for _ in ms]
+    out = group.logits(xs, lambda x: x)
+    sum(torch.nn.functional.cross_entropy(out[i], ys[i]) for i in range(len(ms))).backward()
+    for i, m in enumerate(ms):
+        torch.nn.functional.cross_entropy(m(xs[i]), ys[i]).backward()
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(group.grad(name, i), p.grad, rtol=1e-12, atol=1e-12)
+        for name, buf in m.named_buffers():  # running statistics, each from its own batch
+            torch.testing.assert_close(group.state_dict(i)[name], buf, rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_first_steps_match(dataset, separate):
+    """vmap over the first 3 steps (one epoch) against the separate runs at iteration 3."""
+    _, _, at3 = separate
+    group = [_model(s) for s in SEEDS]
+    multirun.train_group(
+        group, dataset, HP, SEEDS, masks=_masks(), method="vmap", max_iterations=3,
+        log=lambda s: None,
+    )  # fmt: skip
+    for i, seed in enumerate(SEEDS):
+        _close(group[i].state_dict(), at3[i], f"vmap seed {seed} at 3", TOL["vmap"])

@@ -1,0 +1,652 @@
+"""Training-throughput benchmark (issue 7): our loop against a standard PyTorch loop.
+
+Run::
+
+    python -m pipeline_scripts.earlyphase.bench [--data FILE] [--networks ...] [--threads N]
+                                                [--out bench/out/bench.json] [--quick]
+
+What it measures, on whatever device ``device.select("auto")`` finds, with ``--threads`` intra-op
+threads (``device.configure``, as every job does):
+
+* **ours**: steady-state training images/s of ``train.train`` itself -- the function every job
+  calls -- so the numbers include everything the real loop does per step (uint8 gather,
+  ``augment.crop_flip``, ``augment.Normalise``, channels_last model, foreach SGD, mask
+  ``_foreach_mul_``, the periodic loss sync). A timing hook passed as train's ``recorder`` reads
+  the clock after every step and stops the run (by raising) once enough windows are timed, so
+  nothing is written and no evaluation runs. Median of >= 5 timed windows after a warm-up.
+* a **masked** copy of one network (default resnet20) under an 80%-sparse global-magnitude mask
+  (``prune.global_magnitude``): what every IMP level, perturbation and sparse branch runs.
+* **reference**: the same network trained the standard way, as the paper's framework does -- a
+  torchvision ``VisionDataset`` that turns each uint8 image into a PIL image (as
+  ``torchvision.datasets.CIFAR10`` does), ``Compose([RandomCrop(32, padding=4),
+  RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])``, a ``DataLoader`` (shuffle,
+  batch 128, ``drop_last=False``) and a plain ``SGD`` step on an NCHW model. ``num_workers=0``:
+  on a 2-core machine a loader worker process competes with the two compute threads for the same
+  two cores (a 2-thread job slows 4-9x when another process takes a core, issue 7), while loading
+  is only ~10% of a step; with a GPU or more cores a standard loop would use workers.
+  For networks that also have a reference, ours and the reference alternate in rounds, so both see
+  the same background load and their ratio is meaningful on a shared machine.
+* the dense float32 ``torch.mm`` rate (the machine's practical FLOP peak) and, per network, the
+  achieved training FLOP rate = forward FLOPs per image (``torch.utils.flop_counter``) x 3 x img/s.
+* evaluation images/s of ``train.evaluate`` (inference mode, channels_last) at several batch sizes.
+* ``torch.compile`` (default mode) on one network: compile seconds, steady img/s against eager and
+  the break-even number of iterations (compile seconds / seconds saved per iteration).
+
+It asserts nothing about speed. ``--quick`` shrinks every window and the synthetic data for the
+smoke test. Results go to stdout (a table) and ``--out`` (JSON; ``cost.py`` reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import augment, data, device, models, multirun, prune, rng, train
+from .hparams import TrainingHparams
+
+FORMAT = "earlyphase-bench/1"
+NETWORKS = ("resnet20", "resnet56", "resnet18", "vgg13", "wrn16_8")
+BATCH_SIZE = {"vgg13": 64}  # Table A1 (config.yaml training.per_network); 128 otherwise
+REFERENCE = ("resnet20", "resnet56", "vgg13")  # the big nets' reference costs minutes here
+SPARSITY = 0.8  # fraction of prunable weights removed in the masked benchmark (20% remain)
+EVAL_BATCHES = (100, 250, 500, 1000)
+
+
+class _Enough(Exception):
+    """Raised by the timing hook inside train.train once every window is timed."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long to time one loop: warm-up, then ``windows`` windows of about ``window_s``."""
+
+    warmup_steps: int = 2  # steps before timing starts (allocator, oneDNN primitive caches)
+    warmup_s: float = 1.5  # ... and at least this long
+    window_s: float = 2.0  # target window length; a window is >= 1 whole step
+    windows: int = 5  # timed windows (the median is reported)
+
+    def scaled(self, quick: bool) -> Plan:
+        return Plan(1, 0.0, 0.05, 3) if quick else self
+
+
+@dataclass
+class Timing:
+    windows: list  # images/s of each window
+    step_s: list  # every step's wall seconds, warm-up included
+    window_steps: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.windows)
+
+    def to_dict(self) -> dict:
+        return {
+            "img_s": self.median,
+            "windows_img_s": [round(w, 2) for w in self.windows],
+            "window_steps": self.window_steps,
+            "first_step_s": self.step_s[0] if self.step_s else None,
+        }
+
+
+class StepClock:
+    """Reads the clock after every training step and stops the loop when the plan is done.
+
+    Speaks the ``recorder`` protocol of ``train.train`` (``wants``/``on_state``/``on_grad``/
+    ``flush``): ``on_state(it)`` runs after step ``it`` and before the next step's forward pass.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        n_train: int,
+        batch_size: int,
+        sync: Callable = lambda: None,
+        models: int = 1,
+    ):
+        self.plan, self.n, self.b, self.sync, self.models = plan, n_train, batch_size, sync, models
+        self.ipe = math.ceil(n_train / batch_size)
+        self.times: list[float] = []
+        self.images: list[int] = []  # images of step i (1-based index i-1)
+        self.window_steps = 0
+        self.window_start = None
+        self.windows: list[float] = []
+
+    def wants(self, it: int) -> bool:
+        return True
+
+    def on_grad(self, it: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def on_state(self, it: int) -> None:
+        self.sync()
+        now = time.perf_counter()
+        if it > 0:
+            j = (it - 1) % self.ipe
+            self.images.append(self.models * min(self.b, self.n - j * self.b))
+        self.times.append(now)
+        if self.window_start is None:
+            warm = it >= self.plan.warmup_steps and now - self.times[0] >= self.plan.warmup_s
+            if it == 0 or not warm:
+                return
+            steps = np.diff(self.times[1:]) if len(self.times) > 2 else np.diff(self.times)
+            step_s = float(np.median(steps))  # first step excluded when there are others
+            self.window_steps = max(1, round(self.plan.window_s / max(step_s, 1e-9)))
+            self.window_start = it
+            return
+        if it - self.window_start == self.window_steps:
+            t0 = self.times[self.window_start]
+            imgs = sum(self.images[self.window_start : it])
+            self.windows.append(imgs / (now - t0))
+            self.window_start = it
+            if len(self.windows) == self.plan.windows:
+                raise _Enough
+
+    def result(self) -> Timing:
+        return Timing(list(self.windows), list(np.diff(self.times)), self.window_steps)
+
+
+def _sync_for(dev: torch.device) -> Callable:
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+
+
+def _hparams(net: str, batch_size: int | None) -> TrainingHparams:
+    b = batch_size or BATCH_SIZE.get(net, 128)
+    return TrainingHparams(batch_size=b, epochs=10_000, milestones=())
+
+
+def _model(net: str, seed: int, dev) -> torch.nn.Module:
+    m = models.build(net)
+    models.initialise(m, rng.generator(seed, "init"))
+    return m.to(dev)
+
+
+def sparse_mask(model: torch.nn.Module, net: str, sparsity: float = SPARSITY) -> dict:
+    """One-shot global magnitude mask removing ``sparsity`` of the prunable weights."""
+    state = model.state_dict()
+    return prune.global_magnitude(
+        state, prune.full_mask(state, models.prunable(model, net)), sparsity
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Our loop: train.train itself, stopped by the clock
+
+
+def time_ours(
+    net: str,
+    ds: data.Dataset,
+    plan: Plan,
+    *,
+    batch_size: int | None = None,
+    sparsity: float = 0.0,
+    compile: bool = False,
+    seed: int = 1,
+) -> Timing:
+    dev = ds.train_x.device
+    hp = _hparams(net, batch_size)
+    model = _model(net, seed, dev)
+    mask = sparse_mask(model, net, sparsity) if sparsity else None
+    # No evaluation is reached (the clock stops the run first); keep the test set tiny anyway.
+    small = dataclasses.replace(ds, test_x=ds.test_x[:1], test_y=ds.test_y[:1])
+    opts = train.RunOptions(seed=seed, checkpoint_seconds=1e12, compile=compile)
+    clock = StepClock(plan, ds.train_x.shape[0], hp.batch_size, _sync_for(dev))
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        try:
+            train.train(
+                model, small, hp, opts, workdir=workdir, mask=mask, network=net,
+                log=lambda s: None, recorder=clock,
+            )  # fmt: skip
+        except _Enough:
+            pass
+    return clock.result()
+
+
+def time_group(
+    net: str,
+    ds: data.Dataset,
+    n: int,
+    method: str,
+    plan: Plan,
+    *,
+    batch_size: int | None = None,
+) -> Timing:
+    """images/s (all n models together) of multirun.train_group."""
+    dev = ds.train_x.device
+    hp = _hparams(net, batch_size)
+    group = [_model(net, seed, dev) for seed in range(1, n + 1)]
+    clock = StepClock(plan, ds.train_x.shape[0], hp.batch_size, _sync_for(dev), models=n)
+    try:
+        multirun.train_group(
+            group, ds, hp, list(range(1, n + 1)), method=method, on_step=clock.on_state,
+            log=lambda s: None,
+        )  # fmt: skip
+    except _Enough:
+        pass
+    return clock.result()
+
+
+def runs_per_job(
+    net: str, ds: data.Dataset, ns, methods, plan: Plan, batch_size: int | None = None
+) -> dict:
+    """N runs in one job (each method) against one run at a time (train.train), interleaved."""
+    out = {}
+    for n in ns:
+        single = time_ours(net, ds, plan, batch_size=batch_size)
+        for method in methods:
+            t = time_group(net, ds, n, method, plan, batch_size=batch_size)
+            out[f"{method}_n{n}"] = {
+                "method": method, "n": n, "img_s": t.median, "separate_img_s": single.median,
+                "speedup": t.median / single.median, "windows_img_s": t.windows,
+                "separate_windows_img_s": single.windows,
+            }  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference loop, written the standard way
+
+
+def reference_dataset(images_nhwc: np.ndarray, labels: np.ndarray, mean, std, pad: int = 4):
+    """A torchvision dataset of PIL images with the paper framework's augmentation."""
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.datasets import VisionDataset
+
+    class PILImages(VisionDataset):
+        """Like torchvision.datasets.CIFAR10: uint8 HWC arrays, one PIL image per __getitem__."""
+
+        def __init__(self, images, targets, transform):
+            super().__init__(root=None, transform=transform)
+            self.data, self.targets = images, [int(t) for t in targets]
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=pad),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    return PILImages(images_nhwc, labels, transform)
+
+
+def time_reference(
+    net: str,
+    ds: data.Dataset,
+    plan: Plan,
+    *,
+    batch_size: int | None = None,
+    seed: int = 1,
+    num_workers: int = 0,
+    _dataset_cache: dict = {},  # noqa: B006 -- one PIL dataset per data set and process
+) -> Timing:
+    dev = ds.train_x.device
+    hp = _hparams(net, batch_size)
+    key = id(ds)
+    if key not in _dataset_cache:
+        images = ds.train_x.permute(0, 2, 3, 1).cpu().numpy()  # NCHW -> HWC arrays, as on disk
+        _dataset_cache.clear()
+        _dataset_cache[key] = reference_dataset(images, ds.train_y.cpu().numpy(), hp.mean, hp.std)
+    dataset = _dataset_cache[key]
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=hp.batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        drop_last=False,
+        pin_memory=dev.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    model = _model(net, seed, dev)
+    model.train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+    )
+    clock = StepClock(plan, len(dataset), hp.batch_size, _sync_for(dev))
+    it = 0
+    clock.on_state(0)
+    try:
+        while True:
+            for x, y in loader:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                it += 1
+                clock.on_state(it)
+    except _Enough:
+        pass
+    return clock.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak, FLOPs, evaluation
+
+
+def matmul_peak(dev, n: int = 2048, windows: int = 7, reps: int = 3) -> dict:
+    """Median float32 GFLOP/s of ``torch.mm`` on n x n matrices (2 n^3 FLOPs each)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dev)
+    b = torch.randn(n, n, generator=g).to(dev)
+    sync = _sync_for(dev)
+    out = torch.empty(n, n, device=dev)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    rates = []
+    for _ in range(windows):
+        sync()
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        sync()
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return {"gflops": statistics.median(rates), "windows_gflops": rates, "n": n}
+
+
+def forward_flops(net: str, dev, batch_size: int) -> float:
+    """Forward FLOPs per image (conv/linear/matmul; FlopCounterMode on one training batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(net, 0, dev).to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / batch_size
+
+
+def time_eval(net: str, ds: data.Dataset, batch_size: int, plan: Plan, seed: int = 1) -> dict:
+    """images/s of train.evaluate (inference mode, channels_last) over test-set windows."""
+    dev = ds.test_x.device
+    hp = TrainingHparams()
+    model = _model(net, seed, dev).to(memory_format=torch.channels_last)
+    normalise = augment.Normalise(hp.mean, hp.std, dev)
+    sync = _sync_for(dev)
+    n_test = ds.test_x.shape[0]
+    reps = math.ceil(batch_size / n_test)  # tiny (synthetic) test sets are tiled
+    test_x = ds.test_x.repeat(reps, 1, 1, 1) if reps > 1 else ds.test_x
+    test_y = ds.test_y.repeat(reps) if reps > 1 else ds.test_y
+
+    def run(m: int) -> float:
+        sync()
+        t = time.perf_counter()
+        train.evaluate(model, test_x[:m], test_y[:m], normalise, batch_size)
+        sync()
+        return time.perf_counter() - t
+
+    run(batch_size)  # warm-up: first call builds the primitives for this shape
+    per_batch = min(run(batch_size) for _ in range(1 if plan.windows < 5 else 2))
+    batches = max(1, min(round(plan.window_s / per_batch), test_x.shape[0] // batch_size))
+    m = batches * batch_size
+    rates = [m / run(m) for _ in range(plan.windows)]
+    return {"img_s": statistics.median(rates), "windows_img_s": rates, "images": m}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+
+
+def _machine(dev, threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    info = {
+        "hostname": socket.gethostname(),
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def _synthetic(tmp: Path, quick: bool, device_: torch.device) -> data.Dataset:
+    n_train, n_test = (256, 128) if quick else (10_000, 2_000)
+    path = tmp / "synthetic.h5"
+    data.prepare(path, "synthetic", synthetic={"n_train": n_train, "n_test": n_test}, seed=0)
+    return data.load(path, device_)
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    device.configure(args.threads)
+    dev = device.select(args.device)
+    plan = Plan().scaled(args.quick)
+    result: dict = {
+        "format": FORMAT,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(dev, torch.get_num_threads()),
+        "quick": bool(args.quick),
+        "plan": dataclasses.asdict(plan),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        if args.data:
+            ds = data.load(args.data, dev)
+            result["data"] = {"file": str(args.data), **_data_info(ds)}
+        else:
+            ds = _synthetic(Path(tmp), args.quick, dev)
+            result["data"] = {"file": None, "synthetic": True, **_data_info(ds)}
+    log(
+        f"benchmark on {result['machine']['device']} ({result['machine']['cpu']}), "
+        f"{torch.get_num_threads()} thread(s), {result['data']['n_train']} training images"
+    )
+
+    t0 = time.perf_counter()
+    peak = matmul_peak(dev, n=512 if args.quick else 2048, windows=3 if args.quick else 7)
+    result["matmul"] = peak
+    log(f"dense float32 matmul: {peak['gflops']:.1f} GFLOP/s (median)")
+
+    entries = [(net, 0.0) for net in args.networks]
+    if args.sparse and args.sparse != "none":
+        entries.append((args.sparse, SPARSITY))
+    result["networks"] = {}
+    for net, sparsity in entries:
+        key = net if not sparsity else f"{net}_sparse{round(100 * sparsity)}"
+        b = args.batch_size or BATCH_SIZE.get(net, 128)
+        flops = forward_flops(net, dev, b)
+        with_ref = not sparsity and (args.reference == ["all"] or net in args.reference)
+        rounds = 1 if args.quick or not with_ref else args.rounds
+        sub = dataclasses.replace(plan, windows=max(1, math.ceil(plan.windows / rounds)))
+        if rounds == 1:
+            sub = plan
+        ours, ref = [], []
+        for _ in range(rounds):
+            ours.append(time_ours(net, ds, sub, batch_size=b, sparsity=sparsity))
+            if with_ref:
+                ref.append(time_reference(net, ds, sub, batch_size=args.reference_batch_size))
+        entry = {"network": net, "batch_size": b, "sparsity": sparsity,
+                 "forward_flops_per_image": flops,
+                 "ours": _merge(ours).to_dict()}  # fmt: skip
+        ips = entry["ours"]["img_s"]
+        entry["train_gflops"] = 3 * flops * ips / 1e9
+        entry["fraction_of_matmul_peak"] = entry["train_gflops"] / peak["gflops"]
+        if ref:
+            entry["reference"] = _merge(ref).to_dict()
+            entry["reference"]["batch_size"] = args.reference_batch_size or b
+            entry["ratio_to_reference"] = ips / entry["reference"]["img_s"]
+        if not sparsity:
+            entry["eval"] = {
+                str(args.eval_batch_size): time_eval(net, ds, args.eval_batch_size, plan)
+            }
+        result["networks"][key] = entry
+        log(_row(key, entry))
+
+    if args.eval_sweep and args.eval_sweep != "none":
+        sweep = {str(bs): time_eval(args.eval_sweep, ds, bs, plan) for bs in args.eval_batches}
+        result["eval_sweep"] = {"network": args.eval_sweep, "batch_sizes": sweep}
+        log(f"eval {args.eval_sweep}: " + ", ".join(
+            f"batch {bs} {v['img_s']:.0f} img/s" for bs, v in sweep.items()))  # fmt: skip
+
+    if args.compile and args.compile != "none":
+        result["compile"] = _compile(args.compile, ds, plan, args.batch_size)
+        c = result["compile"]
+        log(
+            f"torch.compile {args.compile}: {c['compile_s']:.1f} s to compile, "
+            f"{c['compiled_img_s']:.0f} vs eager {c['eager_img_s']:.0f} img/s "
+            f"(x{c['speedup']:.2f}); break-even after {c['break_even_iterations']} iterations"
+        )
+    if args.multirun and args.multirun != "none":
+        sub = dataclasses.replace(plan, windows=min(plan.windows, 3))
+        result["runs_per_job"] = {
+            "network": args.multirun,
+            "groups": runs_per_job(args.multirun, ds, args.multirun_n, args.multirun_methods, sub,
+                                   args.batch_size),
+        }  # fmt: skip
+        for k, v in result["runs_per_job"]["groups"].items():
+            log(f"{args.multirun} {k}: {v['img_s']:.0f} img/s together vs {v['separate_img_s']:.0f}"
+                f" one run at a time: x{v['speedup']:.2f}")  # fmt: skip
+    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["seconds"] = time.perf_counter() - t0
+    log("")
+    log(table(result))
+    return result
+
+
+def _data_info(ds: data.Dataset) -> dict:
+    return {"n_train": int(ds.train_x.shape[0]), "n_test": int(ds.test_x.shape[0])}
+
+
+def _merge(timings: list[Timing]) -> Timing:
+    return Timing(
+        [w for t in timings for w in t.windows],
+        [s for t in timings for s in t.step_s],
+        timings[0].window_steps,
+    )
+
+
+def _compile(net: str, ds: data.Dataset, plan: Plan, batch_size: int | None) -> dict:
+    """Compile cost: warm-up seconds beyond steady-state steps, compiled minus eager."""
+    torch._dynamo.reset()
+    b = batch_size or BATCH_SIZE.get(net, 128)
+    warm = dataclasses.replace(plan, warmup_steps=max(plan.warmup_steps, 3))
+    eager = time_ours(net, ds, warm, batch_size=b)
+    compiled = time_ours(net, ds, warm, batch_size=b, compile=True)
+    torch._dynamo.reset()
+
+    def excess(t: Timing) -> float:
+        steady = b / t.median  # seconds per steady-state step
+        first = t.step_s[: warm.warmup_steps]
+        return sum(first) - steady * len(first)
+
+    compile_s = excess(compiled) - excess(eager)
+    saved = b / eager.median - b / compiled.median  # seconds saved per iteration once compiled
+    return {
+        "network": net,
+        "mode": "default",
+        "compile_s": compile_s,
+        "eager_img_s": eager.median,
+        "compiled_img_s": compiled.median,
+        "speedup": compiled.median / eager.median,
+        "break_even_iterations": math.ceil(compile_s / saved) if saved > 0 else None,
+        "eager": eager.to_dict(),
+        "compiled": compiled.to_dict(),
+    }
+
+
+def table(result: dict) -> str:
+    peak = result["matmul"]["gflops"]
+    lines = [
+        f"{'network':<20} {'batch':>5} {'img/s':>8} {'ref img/s':>9} {'ours/ref':>8} "
+        f"{'GFLOP/img':>9} {'GFLOP/s':>8} {'of peak':>7} {'eval img/s':>10}",
+    ]
+    for key, e in result["networks"].items():
+        ref = e.get("reference")
+        ev = next(iter(e.get("eval", {}).values()), None)
+        ref_ips = f"{ref['img_s']:.1f}" if ref else "-"
+        ratio = f"{e['ratio_to_reference']:.2f}x" if ref else "-"
+        ev_ips = f"{ev['img_s']:.0f}" if ev else "-"
+        lines.append(
+            f"{key:<20} {e['batch_size']:>5} {e['ours']['img_s']:>8.1f} {ref_ips:>9} {ratio:>8} "
+            f"{3 * e['forward_flops_per_image'] / 1e9:>9.3f} {e['train_gflops']:>8.1f} "
+            f"{e['fraction_of_matmul_peak']:>7.1%} {ev_ips:>10}"
+        )
+    lines.append(f"matmul peak (float32 torch.mm, n={result['matmul']['n']}): {peak:.1f} GFLOP/s")
+    return "\n".join(lines)
+
+
+def _row(key: str, e: dict) -> str:
+    s = f"{key}: ours {e['ours']['img_s']:.1f} img/s ({e['fraction_of_matmul_peak']:.1%} of peak)"
+    if "reference" in e:
+        s += f", reference {e['reference']['img_s']:.1f} img/s, x{e['ratio_to_reference']:.2f}"
+    return s
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline_scripts.earlyphase.bench",
+        description="Training throughput of our loop vs a standard DataLoader/PIL loop.",
+    )
+    p.add_argument("--data", help="prepared HDF5 data file (data.load); default: synthetic data")
+    p.add_argument("--networks", nargs="+", default=list(NETWORKS))
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (the rules' threads: 2)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="bench/out/bench.json", help="JSON output ('' = none)")
+    p.add_argument("--quick", action="store_true", help="tiny windows and data (smoke test)")
+    p.add_argument("--batch-size", type=int, help="override every network's batch size")
+    p.add_argument(
+        "--reference", nargs="+", default=list(REFERENCE),
+        help="networks that also get the reference loop ('all', or 'none')",
+    )  # fmt: skip
+    p.add_argument(
+        "--reference-batch-size", type=int, default=None,
+        help="reference loop batch size (default: the network's, 128 for most)",
+    )  # fmt: skip
+    p.add_argument("--rounds", type=int, default=2, help="ours/reference alternations")
+    p.add_argument("--sparse", default="resnet20", help="network benchmarked 80%% sparse; 'none'")
+    p.add_argument("--eval-batch-size", type=int, default=250, help="per-network eval batch")
+    p.add_argument("--eval-sweep", default="resnet20", help="network of the eval sweep; 'none'")
+    p.add_argument("--eval-batches", type=int, nargs="+", default=list(EVAL_BATCHES))
+    p.add_argument("--compile", default="resnet20", help="network to torch.compile; 'none'")
+    p.add_argument("--multirun", default="resnet20", help="network of the runs-per-job test")
+    p.add_argument("--multirun-n", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--multirun-methods", nargs="+", default=list(multirun.METHODS))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

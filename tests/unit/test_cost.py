@@ -1,0 +1,91 @@
+"""The cost estimate counts the jobs Snakemake plans. The constants were measured with
+``snakemake -n --quiet rules`` on the repository's configs (not run here: planning the paper-scale
+DAG takes minutes)."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline_scripts.earlyphase import cost
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# snakemake -n, default config.yaml: 16,893 jobs in total.
+PAPER_RULES = {
+    "train_dense": 25,
+    "train_imp_level": 9100,
+    "train_perturbed": 5250,
+    "pretrain": 500,
+    "train_from_pretrained": 500,
+    "sparse_pretext": 525,
+    "sparse_train": 875,
+}
+# snakemake -n --configfile config.yaml config/<preset>.yaml
+PRESET_RULES = {
+    "laptop": ({"train_dense": 1, "train_imp_level": 12, "train_perturbed": 4, "pretrain": 4,
+                "train_from_pretrained": 4, "sparse_pretext": 3, "sparse_train": 5}, 54),
+    "smoke": ({"train_dense": 2, "train_imp_level": 24, "train_perturbed": 8, "pretrain": 8,
+               "train_from_pretrained": 8, "sparse_pretext": 6, "sparse_train": 10}, 88),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return cost.estimate(cost.load_config([ROOT / "config.yaml"]))
+
+
+def test_paper_protocol_job_counts_match_snakemake(paper):
+    assert paper["training_jobs_by_rule"] == PAPER_RULES
+    assert paper["training_jobs"] == sum(PAPER_RULES.values()) == 16_775
+    assert paper["total_jobs"] == 16_893
+
+
+def test_paper_protocol_iterations(paper):
+    fams = paper["families"]
+    ipe = 391  # ceil(50,000 / 128)
+    per_seed = 160 * (4 * ipe + 782)  # four networks at batch 128, VGG-13 at batch 64
+    assert fams["dense"]["iterations"] == 5 * per_seed
+    assert fams["imp"]["iterations"] == 5 * 6 * 14 * per_seed
+    # Pre-training: 2, 5, 10, 20, 40 epochs; VGG-13 (batch 64) takes 782 steps per epoch.
+    per_seed_task = sum((2, 5, 10, 20, 40)) * (4 * ipe + 782)
+    assert fams["pretrain"]["iterations"] == 5 * 4 * per_seed_task
+    assert fams["sparse_pretext"]["iterations"] == 5 * 3 * 7 * 40 * (4 * ipe + 782)
+    assert fams["dense"]["images"] == 25 * 160 * 50_000
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_RULES))
+def test_preset_job_counts_match_snakemake(preset):
+    rules, total = PRESET_RULES[preset]
+    est = cost.estimate(cost.load_config([ROOT / "config.yaml", ROOT / f"config/{preset}.yaml"]))
+    assert est["training_jobs_by_rule"] == rules
+    assert est["total_jobs"] == total
+
+
+def test_device_hours_follow_the_formula(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "networks: [resnet20]\nseeds: [1]\ndata: {n_train: 1280, n_test: 100}\n"
+        "training: {defaults: {epochs: 2, milestones: []}}\n"
+        "imp: {rewind_iterations: [0], levels: 1}\ndense: {checkpoint_iterations: [0]}\n"
+        "telemetry: {iterations: 4, points: 4, dense_until: 2}\n"
+        "perturb: {run: []}\npretrain: {tasks: [], sparse: {kinds: []}}\n"
+    )
+    bench = {"networks": {"resnet20": {"network": "resnet20", "sparsity": 0.0,
+             "ours": {"img_s": 100.0}, "eval": {"250": {"img_s": 400.0}}}}}  # fmt: skip
+    est = cost.estimate(cost.load_config([cfg]), bench)
+    assert est["training_jobs_by_rule"] == {"train_dense": 1, "train_imp_level": 1}
+    # 20 iterations x 128 images per job; dense evaluates at 0, 10, 20 plus telemetry 1, 2, 4.
+    dense = est["families"]["dense"]
+    assert dense["iterations"] == 20 and dense["images"] == 2560
+    assert dense["eval_images"] == 6 * 100
+    assert dense["device_hours"] == pytest.approx((2560 / 100 + 600 / 400) / 3600)
+    imp = est["families"]["imp"]
+    assert imp["eval_images"] == 3 * 100
+    assert est["device_hours"] == pytest.approx((2 * 2560 / 100 + 900 / 400) / 3600)
+    text = cost.report(est, "test device")
+    assert "test device" in text and "training total" in text
+
+
+def test_missing_benchmark_is_reported_not_guessed(paper):
+    assert paper["device_hours"] is None
+    assert "n/a" in cost.report(paper)
