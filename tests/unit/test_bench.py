@@ -22,7 +22,7 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--quick", "--networks", NET, "--sparse", NET, "--reference", NET,
             "--eval-sweep", NET, "--eval-batches", "100", "250", "--compile", "none",
-            "--threads", "1", "--out", str(out)]  # fmt: skip
+            "--multirun", NET, "--multirun-n", "2", "--threads", "1", "--out", str(out)]  # fmt: skip
     assert bench.main(args) == 0
     result = json.loads(out.read_text())
     assert result["format"] == bench.FORMAT and result["quick"] is True
@@ -35,6 +35,8 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path, capsys):
     assert dense["reference"]["img_s"] > 0 and dense["ratio_to_reference"] > 0
     assert dense["eval"]["250"]["img_s"] > 0
     assert set(result["eval_sweep"]["batch_sizes"]) == {"100", "250"}
+    groups = result["runs_per_job"]["groups"]
+    assert set(groups) == {"grouped_n2", "vmap_n2"} and groups["grouped_n2"]["speedup"] > 0
     assert "ours/ref" in capsys.readouterr().out
     # cost.py reads it
     assert cost.throughput(result)[NET]["train"] == dense["ours"]["img_s"]
@@ -42,8 +44,9 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path, capsys):
 
 def test_step_clock_windows():
     """Warm-up, then windows of whole steps sized from the warm-up step time; stops by raising."""
-    clock = bench.StepClock(bench.Plan(warmup_steps=2, warmup_s=0.0, window_s=0.0, windows=3),
-                            n_train=100, batch_size=32)  # fmt: skip
+    plan = bench.Plan(warmup_steps=2, warmup_s=0.0, window_s=0.0, windows=3,
+                      max_other_cores=float("inf"))  # fmt: skip
+    clock = bench.StepClock(plan, n_train=100, batch_size=32)
     with pytest.raises(bench._Enough):
         for it in range(100):
             clock.on_state(it)
@@ -51,3 +54,15 @@ def test_step_clock_windows():
     assert len(t.windows) == 3 and t.window_steps == 1
     # Images per step follow the epoch: 32, 32, 32, then the partial batch of 4.
     assert clock.images[:4] == [32, 32, 32, 4]
+
+
+def test_contended_windows_are_dropped_and_retimed(monkeypatch):
+    others = iter([0.0, 1.0, 0.0, 1.0, 0.0] + [0.0] * 10)  # windows 2 and 4 overlap other work
+    monkeypatch.setattr(bench.Monitor, "others", lambda self: next(others))
+    plan = bench.Plan(warmup_steps=1, warmup_s=0.0, window_s=0.0, windows=3)
+    clock = bench.StepClock(plan, n_train=1000, batch_size=10)
+    with pytest.raises(bench._Enough):
+        for it in range(100):
+            clock.on_state(it)
+    t = clock.result()
+    assert len(t.windows) == 3 and len(t.contended) == 2 and t.others[:2] == [0.0, 1.0]
