@@ -571,15 +571,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         b = args.batch_size or BATCH_SIZE.get(net, 128)
         flops = forward_flops(net, dev, b)
         with_ref = not sparsity and (args.reference == ["all"] or net in args.reference)
-        rounds = 1 if args.quick or not with_ref else args.rounds
+        # Alternate with what it is compared to: the reference loop, or (masked) the dense net.
+        rounds = 1 if args.quick or not (with_ref or sparsity) else args.rounds
         sub = dataclasses.replace(plan, windows=max(1, math.ceil(plan.windows / rounds)))
         if rounds == 1:
             sub = plan
-        ours, ref = [], []
+        ours, ref, dense = [], [], []
         for _ in range(rounds):
             ours.append(time_ours(net, ds, sub, batch_size=b, sparsity=sparsity))
             if with_ref:
                 ref.append(time_reference(net, ds, sub, batch_size=args.reference_batch_size))
+            if sparsity:
+                dense.append(time_ours(net, ds, sub, batch_size=b))
         entry = {"network": net, "batch_size": b, "sparsity": sparsity,
                  "forward_flops_per_image": flops,
                  "ours": _merge(ours).to_dict()}  # fmt: skip
@@ -590,6 +593,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             entry["reference"] = _merge(ref).to_dict()
             entry["reference"]["batch_size"] = args.reference_batch_size or b
             entry["ratio_to_reference"] = ips / entry["reference"]["img_s"]
+        if dense:
+            entry["dense"] = _merge(dense).to_dict()
+            entry["ratio_to_dense"] = ips / entry["dense"]["img_s"]
         if not sparsity:
             entry["eval"] = {
                 str(args.eval_batch_size): time_eval(net, ds, args.eval_batch_size, plan)
@@ -604,7 +610,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             f"batch {bs} {v['img_s']:.0f} img/s" for bs, v in sweep.items()))  # fmt: skip
 
     if args.compile and args.compile != "none":
-        result["compile"] = _compile(args.compile, ds, plan, args.batch_size)
+        rounds = 1 if args.quick else args.rounds
+        result["compile"] = _compile(args.compile, ds, plan, args.batch_size, rounds)
         c = result["compile"]
         log(
             f"torch.compile {args.compile}: {c['compile_s']:.1f} s to compile, "
@@ -644,16 +651,26 @@ def _merge(timings: list[Timing]) -> Timing:
         [w for t in timings for w in t.windows],
         [s for t in timings for s in t.step_s],
         timings[0].window_steps,
+        [w for t in timings for w in t.contended],
+        [o for t in timings for o in t.others],
     )
 
 
-def _compile(net: str, ds: data.Dataset, plan: Plan, batch_size: int | None) -> dict:
-    """Compile cost: warm-up seconds beyond steady-state steps, compiled minus eager."""
+def _compile(net: str, ds: data.Dataset, plan: Plan, batch_size: int | None, rounds: int) -> dict:
+    """torch.compile against eager in alternating rounds (eager, compiled, eager, compiled, ...),
+    so both see the same machine. Compile seconds = the first compiled run's warm-up time beyond
+    its steady-state steps, minus the same excess of the eager run before it."""
     torch._dynamo.reset()
     b = batch_size or BATCH_SIZE.get(net, 128)
-    warm = dataclasses.replace(plan, warmup_steps=max(plan.warmup_steps, 3))
-    eager = time_ours(net, ds, warm, batch_size=b)
-    compiled = time_ours(net, ds, warm, batch_size=b, compile=True)
+    warm = dataclasses.replace(
+        plan,
+        warmup_steps=max(plan.warmup_steps, 3),
+        windows=max(1, math.ceil(plan.windows / rounds)),
+    )
+    eager, compiled = [], []
+    for _ in range(rounds):
+        eager.append(time_ours(net, ds, warm, batch_size=b))
+        compiled.append(time_ours(net, ds, warm, batch_size=b, compile=True))
     torch._dynamo.reset()
 
     def excess(t: Timing) -> float:
@@ -661,18 +678,20 @@ def _compile(net: str, ds: data.Dataset, plan: Plan, batch_size: int | None) -> 
         first = t.step_s[: warm.warmup_steps]
         return sum(first) - steady * len(first)
 
-    compile_s = excess(compiled) - excess(eager)
-    saved = b / eager.median - b / compiled.median  # seconds saved per iteration once compiled
+    compile_s = excess(compiled[0]) - excess(eager[0])
+    eager_t, compiled_t = _merge(eager), _merge(compiled)
+    saved = b / eager_t.median - b / compiled_t.median  # seconds saved per iteration
     return {
         "network": net,
         "mode": "default",
         "compile_s": compile_s,
-        "eager_img_s": eager.median,
-        "compiled_img_s": compiled.median,
-        "speedup": compiled.median / eager.median,
+        "eager_img_s": eager_t.median,
+        "compiled_img_s": compiled_t.median,
+        "speedup": compiled_t.median / eager_t.median,
         "break_even_iterations": math.ceil(compile_s / saved) if saved > 0 else None,
-        "eager": eager.to_dict(),
-        "compiled": compiled.to_dict(),
+        "eager": eager_t.to_dict(),
+        "compiled": compiled_t.to_dict(),
+        "first_compiled_step_s": compiled[0].step_s[0] if compiled[0].step_s else None,
     }
 
 
@@ -702,6 +721,8 @@ def _row(key: str, e: dict) -> str:
     s = f"{key}: ours {e['ours']['img_s']:.1f} img/s ({e['fraction_of_matmul_peak']:.1%} of peak)"
     if "reference" in e:
         s += f", reference {e['reference']['img_s']:.1f} img/s, x{e['ratio_to_reference']:.2f}"
+    if "dense" in e:
+        s += f", dense {e['dense']['img_s']:.1f} img/s, masked/dense x{e['ratio_to_dense']:.3f}"
     dropped = len(e["ours"]["contended_windows_img_s"]) + len(
         e.get("reference", {}).get("contended_windows_img_s", [])
     )

@@ -24,11 +24,19 @@ Both match separately trained runs to float tolerance over the first steps (test
 test_multirun.py; the kernels differ, so not bit for bit, and over a whole schedule those tiny
 differences grow as between any two devices: compare full runs by accuracy, not weights).
 
-Throughput (README, Performance; measured by ``python -m pipeline_scripts.earlyphase.bench``): on the
-2-core CPU neither method beats N runs one after another -- a CPU is already kept busy by one
-ResNet-20 at batch 128 -- so the switch stays off there. It pays where one small-network job
-leaves the device idle: a GPU running ResNet-20 at batch 128 (kernel-launch bound), where N runs
-per job multiply the work per launch.
+Throughput (``python -m pipeline_scripts.earlyphase.bench --multirun resnet20``; README,
+Performance). On the 2-core CPU neither method beats N runs one after another: ResNet-20 at batch
+128 already keeps both cores busy in large oneDNN kernels, and a grouped convolution (or vmap's
+batching rule, which also becomes a grouped convolution, in NCHW) runs at a lower FLOP rate than
+N plain ones. Measured, all N models together vs one run at a time (interleaved, medians):
+grouped 0.70x / 0.62x / 0.46x and vmap 0.52x / 0.44x / 0.31x for N = 2 / 4 / 8. So the switch
+stays off on CPUs. When to use it: on a GPU, one small-network job (ResNet-20/56 at batch 128)
+leaves most of the device idle -- each of its ~200 kernels per step is too small to fill the
+SMs and the step is launch-bound -- and N runs per job issue the same number of launches with N
+times the work each (grouped: one cuDNN grouped convolution per layer, channels_last). Measure
+``bench.py --multirun resnet20 --multirun-n 2 4 8 16`` on the GPU and take the N where img/s per
+job stops growing (memory grows N-fold); it pays least for the big networks, which fill a GPU
+alone.
 
 Not here (the lead's wiring, item 3): resume state, telemetry, eval subsets.
 """
