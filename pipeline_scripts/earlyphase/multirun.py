@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import augment
 from .data import Dataset
 from .hparams import TrainingHparams
-from .train import Metrics, NonFiniteLoss, masked_parameters
+from .train import Metrics, NonFiniteLoss, masked_parameters, masked_step
 
 METHODS = ("grouped", "vmap")
 
@@ -439,12 +439,7 @@ def train_group(
         losses = per.view(n, -1).mean(1)  # each model's mean loss; their sum trains all
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
-        if mparams:
-            torch._foreach_mul_([p.grad for p in mparams], mmasks)
-        optimizer.step()
-        if mparams:
-            with torch.no_grad():
-                torch._foreach_mul_(mparams, mmasks)
+        masked_step(optimizer, mparams, mmasks)
         loss_acc += losses.detach().float()
         it += 1
         for mt in metrics:

@@ -137,6 +137,17 @@ def masked_parameters(model, mask: dict | None):
     return params, masks
 
 
+def masked_step(optimizer, mparams: list, mmasks: list) -> None:
+    """One optimizer step that keeps pruned weights exactly zero: gradients are masked before the
+    step (so momentum and weight decay see zeros) and weights are re-masked after it."""
+    if mparams:
+        torch._foreach_mul_([p.grad for p in mparams], mmasks)
+    optimizer.step()
+    if mparams:
+        with torch.no_grad():
+            torch._foreach_mul_(mparams, mmasks)
+
+
 def train(
     model: torch.nn.Module,
     data: Dataset,
@@ -290,12 +301,7 @@ def train(
             loss.backward()
             if recorder is not None and recorder.wants(it):
                 recorder.on_grad(it)
-            if mparams:
-                torch._foreach_mul_([p.grad for p in mparams], mmasks)
-            optimizer.step()
-            if mparams:
-                with torch.no_grad():
-                    torch._foreach_mul_(mparams, mmasks)
+            masked_step(optimizer, mparams, mmasks)
             loss_acc += loss.detach().float()
             it += 1
             metrics.images += y.shape[0]
