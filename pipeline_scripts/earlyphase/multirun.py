@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import augment
 from .data import Dataset
 from .hparams import TrainingHparams
-from .train import Metrics, NonFiniteLoss, masked_parameters, masked_step
+from .train import Metrics, NonFiniteLoss, masked_parameters, masked_step, sgd
 
 METHODS = ("grouped", "vmap")
 
@@ -367,10 +367,7 @@ def train_group(
         m.train()
     group = make(method, models, dev)
     group.train(True)
-    optimizer = torch.optim.SGD(
-        group.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
-        foreach=True,
-    )  # fmt: skip
+    optimizer = sgd(group.parameters(), hp)
     mparams, mmasks = group.masked(group.wide_mask(masks))
     with torch.no_grad():
         if mparams:

@@ -124,6 +124,14 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def sgd(params, hp: TrainingHparams) -> torch.optim.SGD:
+    """The paper's SGD (momentum, weight decay) as one fused kernel: measured 5% faster than the
+    foreach implementation on the 2-core CPU and bitwise identical to it (issue 7)."""
+    return torch.optim.SGD(
+        params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=True
+    )
+
+
 def masked_parameters(model, mask: dict | None):
     """(params, masks) lists for the masked tensors, masks as float on the param's device."""
     if not mask:
@@ -177,13 +185,7 @@ def train(
     snapshot_at = set(opts.snapshot_iterations)
     eval_at = {i for i in opts.eval_iterations if 0 <= i <= total} | {total}
 
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=hp.lr,
-        momentum=hp.momentum,
-        weight_decay=hp.weight_decay,
-        foreach=True,
-    )
+    optimizer = sgd(model.parameters(), hp)
     mparams, mmasks = masked_parameters(model, mask)
     with torch.no_grad():
         if mparams:

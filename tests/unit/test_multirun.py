@@ -65,12 +65,15 @@ def separate(dataset, tmp_path_factory):
 
 
 # Float tolerance. Both methods give the separate runs' gradients to 1e-12 in float64
-# (test_gradients_equal_separate_in_float64). In float32 the grouped network runs the single run's
-# kernels (channels_last, same BatchNorm) and stays within ~1e-6 of it over 6 steps. vmap runs
+# (test_gradients_equal_separate_in_float64). In float32 the grouped network runs oneDNN's grouped
+# convolution instead of the plain one; over 6 steps it stays within ~1e-6 of the separate runs with
+# 2 threads but 2.5e-4 with 1 thread (other kernel blocking; measured), hence 1e-3 -- the strict
+# check is the float64 one, and a real fault (a shared BatchNorm statistic, another data order)
+# moves weights by 1e-2 or more. vmap runs
 # other kernels (NCHW, a decomposed BatchNorm backward), and this 4-channel toy network is badly
 # conditioned: at seed 3 the separate run's own float32 gradients are ~1% off the float64 ones
 # (measured; vmap's are 2e-6 off), so vmap is compared over 3 steps with a looser tolerance.
-TOL = {"grouped": {"rtol": 1e-4, "atol": 1e-5}, "vmap": {"rtol": 1e-3, "atol": 1e-3}}
+TOL = {"grouped": {"rtol": 1e-3, "atol": 1e-3}, "vmap": {"rtol": 1e-3, "atol": 1e-3}}
 
 
 def _close(a: dict, b: dict, name: str, tol=TOL["grouped"]):

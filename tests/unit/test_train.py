@@ -187,3 +187,31 @@ def test_resume_state_from_other_settings_is_refused(dataset, tmp_path):
     other = replace(HP, lr=0.01)
     with pytest.raises(RuntimeError, match="other settings"):
         train.train(_model(), dataset, other, replace(opts, batch_fn=None), workdir=work)
+
+
+def test_fused_sgd_matches_the_reference_sgd():
+    """train.sgd (fused) makes PyTorch's default SGD updates up to float rounding (the momentum
+    update's operation order differs: ~1e-9 after two steps, not bit for bit)."""
+    from pipeline_scripts.earlyphase import models, rng, train
+    from pipeline_scripts.earlyphase.hparams import TrainingHparams
+
+    hp = TrainingHparams()
+    nets = []
+    for _ in range(2):
+        m = models.build("resnet8_w4")
+        models.initialise(m, rng.generator(3, "init"))
+        nets.append(m)
+    opts = [
+        train.sgd(nets[0].parameters(), hp),
+        torch.optim.SGD(nets[1].parameters(), lr=hp.lr, momentum=hp.momentum,
+                        weight_decay=hp.weight_decay, foreach=True),
+    ]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+        for m, o in zip(nets, opts, strict=True):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
