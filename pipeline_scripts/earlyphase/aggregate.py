@@ -24,14 +24,12 @@ entries.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import h5py
 import numpy as np
 
 from . import metrics
+from .atomic import atomic_path
 
 SCHEMA = "earlyphase-summary/1"
 _FIELDS = ("level", "remaining_percent", "accuracy", "mean", "std", "n", "paths")
@@ -129,11 +127,7 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
             **gathered,
         }
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             f.attrs["schema"] = SCHEMA
             f.attrs["seeds"] = np.asarray(seeds, dtype=np.int64)
@@ -149,10 +143,6 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
                         g.create_dataset(name, data=data[name], dtype=h5py.string_dtype())
                     else:
                         g.create_dataset(name, data=data[name])
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_summary(path) -> dict[str, dict[str, np.ndarray]]:

@@ -6,11 +6,11 @@ path Snakemake could mistake for a result, and always read with ``weights_only=T
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_path
 
 FORMAT = "earlyphase-checkpoint/1"
 
@@ -21,16 +21,12 @@ class CheckpointError(RuntimeError):
 
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temp file beside ``path``, then rename: readers see all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        # Through a file object: given a path, torch.save names the archive inside the file after
+        # it (here the random temp name), so equal contents would give different bytes and defeat
+        # Snakemake's input checksums (a re-made, unchanged file would re-run all its readers).
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def save(path, state_dict: dict, *, iteration: int, network: str, meta: dict | None = None) -> None:

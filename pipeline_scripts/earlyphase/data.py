@@ -93,6 +93,7 @@ import numpy as np
 import torch
 
 from . import rng
+from .atomic import atomic_path
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -184,16 +185,8 @@ def prepare(
     test = _subset(test, n_test, len(classes), seed, "test")
     attrs["subset_seed"] = seed if (n_train is not None or n_test is not None) else -1
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is an atomic rename; not mkstemp, whose 0600 mode would make
-    # the data unreadable to the rest of a group sharing the project.
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         _write(tmp, train, test, classes, {"source": source, **attrs})
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     with h5py.File(out_path, "r") as f:
         return _provenance(f)
 

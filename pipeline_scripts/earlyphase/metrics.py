@@ -17,21 +17,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import h5py
 import numpy as np
 
+from .atomic import atomic_path
+
 SCHEMA = "earlyphase-metrics/1"
-
-
-def _atomic_h5(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 def _attr(value):
@@ -58,9 +50,7 @@ def write_run(
     path, metrics, attrs: dict, *, sparsity: dict | None = None, init_std: dict | None = None
 ) -> None:
     """Write one run's metrics file atomically. ``metrics`` is a ``train.Metrics``."""
-    path = Path(path)
-    tmp = _atomic_h5(path)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["schema"] = SCHEMA
             for key, value in attrs.items():
@@ -102,10 +92,6 @@ def write_run(
                     list(init_std),
                     std=np.asarray(list(init_std.values()), dtype=np.float64),
                 )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_attrs(path) -> dict:

@@ -16,9 +16,7 @@ module never changes the process's backend and figures are not kept alive by a g
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from . import aggregate
+from .atomic import atomic_path
 
 PANEL_SIZE = (5.0, 3.5)  # inches, one paper panel (Figure 1)
 PNG_DPI = 150
@@ -173,15 +172,8 @@ def save(fig: Figure, out_paths: list[str]) -> None:
         if fmt not in ("pdf", "png"):
             raise ValueError(f"cannot tell the figure format of {path}: use .pdf or .png")
         options = {"dpi": PNG_DPI} if fmt == "png" else {"metadata": {"CreationDate": None}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, **options)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def figure_accuracy_vs_sparsity(

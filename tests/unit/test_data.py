@@ -324,3 +324,25 @@ def test_unknown_source(tmp_path):
         data.prepare(tmp_path / "f.h5", "mnist")
     with pytest.raises(ValueError, match="num_classes"):
         data.prepare(tmp_path / "f.h5", "synthetic", synthetic={"classes": 3})
+
+
+def test_outputs_are_written_whole_with_the_umask_mode(tmp_path):
+    """atomic_path: nothing at the target until the block succeeds, nothing left when it fails,
+    and the mode a plain open() gives (group members can read results), not mkstemp's 0600."""
+    import os
+
+    from pipeline_scripts.earlyphase.atomic import atomic_path
+
+    target = tmp_path / "out" / "x.h5"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("job died")
+    assert list(target.parent.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+        assert not target.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "whole"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -213,5 +213,7 @@ def test_fused_sgd_matches_the_reference_sgd():
             o.zero_grad()
             torch.nn.functional.cross_entropy(m(x), y).backward()
             o.step()
-    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+    for (name, a), b in zip(
+        nets[0].state_dict().items(), nets[1].state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
