@@ -32,6 +32,11 @@ import os
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+# `snakemake --report report.html`: this front text, every figure with its caption (report/),
+# the claims table and the run statistics, in one self-contained file.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/dense.smk"
@@ -39,6 +44,7 @@ include: "rules/imp.smk"
 include: "rules/telemetry.smk"
 include: "rules/perturb.smk"
 include: "rules/pretrain.smk"
+include: "rules/report.smk"
 
 
 rule all:

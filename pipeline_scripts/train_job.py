@@ -7,7 +7,14 @@ inputs/outputs onto ``runs.Job`` and takes everything else from the rule's ``par
 (the level to prune from), mask (train under it), mask_like (random mask of its sparsity), init0
 (iteration-0 weights for perturbations). Named outputs: final, metrics, mask, telemetry,
 checkpoints (one per params.job["snapshot_iterations"]).
+
+With ``runtime.runs_per_job`` > 1 a rule covers several seeds (``params.seeds``): every named
+input and output is then a list with one entry per seed, and the runs train together
+(runs.run_group). ``runtime`` comes from the config, not from params: it says how jobs run, not
+what they compute, so changing it re-runs nothing.
 """
+
+import os
 
 from entry import open_log
 
@@ -18,25 +25,46 @@ from pipeline_scripts.earlyphase import runs  # noqa: E402
 smk = snakemake  # noqa: F821
 i, o = smk.input, smk.output
 spec = dict(smk.params.job)
-snapshots = dict(zip(spec.pop("snapshot_iterations", []), o.get("checkpoints", []), strict=True))
-runs.run(
-    runs.Job(
+runtime = smk.config["runtime"]
+seeds = smk.params.get("seeds")
+
+
+def pick(value, j):
+    """The j-th seed's file of a grouped rule (value is a list), or the file itself."""
+    return value if value is None or j is None else value[j]
+
+
+def job(seed, j=None):
+    spec_j = dict(spec)
+    ckpts = list(o.get("checkpoints") or []) if j is None else []  # dense runs: never grouped
+    snapshots = dict(zip(spec_j.pop("snapshot_iterations", []), ckpts, strict=True))
+    final = pick(o.final, j)
+    prev_final = pick(i.get("prev_final"), j)
+    return runs.Job(
         network=smk.wildcards.net,
-        seed=int(smk.wildcards.seed),
+        seed=int(seed),
         data_path=i.data,
-        out_final=o.final,
-        out_metrics=o.metrics,
-        out_mask=o.get("mask"),
+        out_final=final,
+        out_metrics=pick(o.metrics, j),
+        out_mask=pick(o.get("mask"), j),
         out_telemetry=o.get("telemetry"),
         snapshots=snapshots,
-        workdir=smk.params.workdir,
+        # Resume state lives beside, never inside, the outputs (Snakemake deletes those on failure)
+        workdir=os.path.join("resume", os.path.dirname(final)),
         threads=smk.threads,
-        init=i.get("start"),
-        mask_in=i.get("mask"),
-        random_mask_like=i.get("mask_like"),
-        perturb_init0=i.get("init0"),
-        prune_from=(i.prev_final, i.get("prev_mask")) if "prev_final" in i.keys() else None,
-        **spec,
-    ),
-    log=log,
-)
+        runtime=runtime,
+        init=pick(i.get("start"), j),
+        mask_in=pick(i.get("mask"), j),
+        random_mask_like=pick(i.get("mask_like"), j),
+        perturb_init0=pick(i.get("init0"), j),
+        prune_from=(prev_final, pick(i.get("prev_mask"), j)) if prev_final else None,
+        **spec_j,
+    )
+
+
+if seeds is None:
+    runs.run(job(smk.wildcards.seed), log=log)
+else:
+    runs.run_group(
+        [job(s, j) for j, s in enumerate(seeds)], method=runtime["multirun_method"], log=log
+    )

@@ -22,6 +22,5 @@ rule train_dense:
     threads: 2
     params:
         job=dense_job,
-        workdir=resume_dir,
     script:
         "../pipeline_scripts/train_job.py"

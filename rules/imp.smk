@@ -4,26 +4,41 @@
 # (rewind<k>) or a pre-trained state (pretrain/<task>/e<epochs>, Section 6): one mechanism.
 
 
-rule train_imp_level:
-    input:
-        unpack(imp_inputs),
-        data=DATA_FILE,
-    output:
-        mask="results/{net}/seed{seed}/imp/{source}/level{level}/mask.pt",
-        final="results/{net}/seed{seed}/imp/{source}/level{level}/final.pt",
-        metrics="results/{net}/seed{seed}/imp/{source}/level{level}/metrics.h5",
-    log:
-        "logs/{net}/seed{seed}/imp/{source}/level{level}/train.log",
-    benchmark:
-        "benchmarks/{net}/seed{seed}/imp/{source}/level{level}/train.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 2
-    params:
-        job=imp_job,
-        workdir=resume_dir,
-    script:
-        "../pipeline_scripts/train_job.py"
+for _seeds in SEED_GROUPS:
+
+    rule:
+        name:
+            group_name("train_imp_level", _seeds)
+        input:
+            unpack(per_seed_inputs(imp_inputs, _seeds)),
+            data=DATA_FILE,
+        output:
+            mask=per_seed(
+                "results/{net}/seed{seed}/imp/{source}/level{level}/mask.pt", _seeds
+            ),
+            final=per_seed(
+                "results/{net}/seed{seed}/imp/{source}/level{level}/final.pt", _seeds
+            ),
+            metrics=per_seed(
+                "results/{net}/seed{seed}/imp/{source}/level{level}/metrics.h5", _seeds
+            ),
+        log:
+            per_group(
+                "logs/{net}/seed{seed}/imp/{source}/level{level}/train.log", _seeds
+            ),
+        benchmark:
+            per_group(
+                "benchmarks/{net}/seed{seed}/imp/{source}/level{level}/train.tsv",
+                _seeds,
+            )
+        conda:
+            "../envs/pipeline.yaml"
+        threads: 2
+        params:
+            job=imp_job,
+            seeds=_seeds,
+        script:
+            "../pipeline_scripts/train_job.py"
 
 
 rule summarise:
@@ -49,7 +64,13 @@ rule figure1:
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figure1/{net}.pdf",
-        png="results/figures/figure1/{net}.png",
+        png=report(
+            "results/figures/figure1/{net}.png",
+            caption="../report/figure1.rst",
+            category="Figure 1 / A2: IMP with rewinding",
+            subcategory="{net}",
+            labels={"figure": "Figure 1 / A2", "network": "{net}"},
+        ),
     log:
         "logs/figures/figure1/{net}.log",
     conda:

@@ -3,27 +3,49 @@
 # magnitudes, shuffles, same-sign shuffles, noise), and trains the result under the same mask.
 
 
-rule train_perturbed:
-    input:
-        data=DATA_FILE,
-        start="results/{net}/seed{seed}/dense/checkpoints/iter{k}.pt",
-        init0="results/{net}/seed{seed}/dense/checkpoints/iter0.pt",
-        mask="results/{net}/seed{seed}/imp/rewind{k}/level{level}/mask.pt",
-    output:
-        final="results/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/final.pt",
-        metrics="results/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/metrics.h5",
-    log:
-        "logs/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/train.log",
-    benchmark:
-        "benchmarks/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/train.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 2
-    params:
-        job=perturb_job,
-        workdir=resume_dir,
-    script:
-        "../pipeline_scripts/train_job.py"
+for _seeds in SEED_GROUPS:
+
+    rule:
+        name:
+            group_name("train_perturbed", _seeds)
+        input:
+            data=DATA_FILE,
+            start=per_seed(
+                "results/{net}/seed{seed}/dense/checkpoints/iter{k}.pt", _seeds
+            ),
+            init0=per_seed(
+                "results/{net}/seed{seed}/dense/checkpoints/iter0.pt", _seeds
+            ),
+            mask=per_seed(
+                "results/{net}/seed{seed}/imp/rewind{k}/level{level}/mask.pt", _seeds
+            ),
+        output:
+            final=per_seed(
+                "results/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/final.pt",
+                _seeds,
+            ),
+            metrics=per_seed(
+                "results/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/metrics.h5",
+                _seeds,
+            ),
+        log:
+            per_group(
+                "logs/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/train.log",
+                _seeds,
+            ),
+        benchmark:
+            per_group(
+                "benchmarks/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/train.tsv",
+                _seeds,
+            )
+        conda:
+            "../envs/pipeline.yaml"
+        threads: 2
+        params:
+            job=perturb_job,
+            seeds=_seeds,
+        script:
+            "../pipeline_scripts/train_job.py"
 
 
 rule figure_perturb:
@@ -34,7 +56,13 @@ rule figure_perturb:
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figure{fig}/{net}.pdf",
-        png="results/figures/figure{fig}/{net}.png",
+        png=report(
+            "results/figures/figure{fig}/{net}.png",
+            caption="../report/figure_perturb.rst",
+            category="Figures 4-8 / A4-A8: perturbations",
+            subcategory="{net}",
+            labels={"figure": "Figure {fig}", "network": "{net}"},
+        ),
     log:
         "logs/figures/figure{fig}/{net}.log",
     wildcard_constraints:

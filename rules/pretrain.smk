@@ -5,89 +5,158 @@
 # sub-networks under their masks with rotation prediction before training them on CIFAR-10.
 
 
-rule pretrain:
-    input:
-        data=DATA_FILE,
-    output:
-        final="results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt",
-        metrics="results/{net}/seed{seed}/pretrain/{task}/e{epochs}/metrics.h5",
-    log:
-        "logs/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.log",
-    benchmark:
-        "benchmarks/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 2
-    params:
-        job=pretrain_job,
-        workdir=resume_dir,
-    script:
-        "../pipeline_scripts/train_job.py"
+for _seeds in SEED_GROUPS:
+
+    rule:
+        name:
+            group_name("pretrain", _seeds)
+        input:
+            data=DATA_FILE,
+        output:
+            final=per_seed(
+                "results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt", _seeds
+            ),
+            metrics=per_seed(
+                "results/{net}/seed{seed}/pretrain/{task}/e{epochs}/metrics.h5", _seeds
+            ),
+        log:
+            per_group(
+                "logs/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.log", _seeds
+            ),
+        benchmark:
+            per_group(
+                "benchmarks/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.tsv",
+                _seeds,
+            )
+        conda:
+            "../envs/pipeline.yaml"
+        threads: 2
+        params:
+            job=pretrain_job,
+            seeds=_seeds,
+        script:
+            "../pipeline_scripts/train_job.py"
 
 
-rule train_from_pretrained:
-    input:
-        data=DATA_FILE,
-        start="results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt",
-    output:
-        final="results/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/final.pt",
-        metrics="results/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/metrics.h5",
-    log:
-        "logs/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/train.log",
-    benchmark:
-        "benchmarks/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/train.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 2
-    params:
-        job=level0_job,
-        workdir=resume_dir,
-    script:
-        "../pipeline_scripts/train_job.py"
+for _seeds in SEED_GROUPS:
+
+    rule:
+        name:
+            group_name("train_from_pretrained", _seeds)
+        input:
+            data=DATA_FILE,
+            start=per_seed(
+                "results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt", _seeds
+            ),
+        output:
+            final=per_seed(
+                "results/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/final.pt",
+                _seeds,
+            ),
+            metrics=per_seed(
+                "results/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/metrics.h5",
+                _seeds,
+            ),
+        log:
+            per_group(
+                "logs/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/train.log",
+                _seeds,
+            ),
+        benchmark:
+            per_group(
+                "benchmarks/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/train.tsv",
+                _seeds,
+            )
+        conda:
+            "../envs/pipeline.yaml"
+        threads: 2
+        params:
+            job=level0_job,
+            seeds=_seeds,
+        script:
+            "../pipeline_scripts/train_job.py"
 
 
-rule sparse_pretext:
-    input:
-        unpack(sparse_inputs),
-        data=DATA_FILE,
-    output:
-        final="results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/state.pt",
-        metrics="results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/metrics.h5",
-        mask="results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/mask.pt",
-    log:
-        "logs/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/train.log",
-    benchmark:
-        "benchmarks/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/train.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 2
-    params:
-        job=sparse_pretext_job,
-        workdir=resume_dir,
-    script:
-        "../pipeline_scripts/train_job.py"
+for _seeds in SEED_GROUPS:
+
+    rule:
+        name:
+            group_name("sparse_pretext", _seeds)
+        input:
+            unpack(per_seed_inputs(sparse_inputs, _seeds)),
+            data=DATA_FILE,
+        output:
+            final=per_seed(
+                "results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/state.pt",
+                _seeds,
+            ),
+            metrics=per_seed(
+                "results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/metrics.h5",
+                _seeds,
+            ),
+            mask=per_seed(
+                "results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/mask.pt",
+                _seeds,
+            ),
+        log:
+            per_group(
+                "logs/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/train.log",
+                _seeds,
+            ),
+        benchmark:
+            per_group(
+                "benchmarks/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/train.tsv",
+                _seeds,
+            )
+        conda:
+            "../envs/pipeline.yaml"
+        threads: 2
+        params:
+            job=sparse_pretext_job,
+            seeds=_seeds,
+        script:
+            "../pipeline_scripts/train_job.py"
 
 
-rule sparse_train:
-    input:
-        unpack(sparse_inputs),
-        data=DATA_FILE,
-    output:
-        final="results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/final.pt",
-        metrics="results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/metrics.h5",
-        mask="results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/mask.pt",
-    log:
-        "logs/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/train.log",
-    benchmark:
-        "benchmarks/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/train.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 2
-    params:
-        job=sparse_job,
-        workdir=resume_dir,
-    script:
-        "../pipeline_scripts/train_job.py"
+for _seeds in SEED_GROUPS:
+
+    rule:
+        name:
+            group_name("sparse_train", _seeds)
+        input:
+            unpack(per_seed_inputs(sparse_inputs, _seeds)),
+            data=DATA_FILE,
+        output:
+            final=per_seed(
+                "results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/final.pt",
+                _seeds,
+            ),
+            metrics=per_seed(
+                "results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/metrics.h5",
+                _seeds,
+            ),
+            mask=per_seed(
+                "results/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/mask.pt",
+                _seeds,
+            ),
+        log:
+            per_group(
+                "logs/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/train.log",
+                _seeds,
+            ),
+        benchmark:
+            per_group(
+                "benchmarks/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/train.tsv",
+                _seeds,
+            )
+        conda:
+            "../envs/pipeline.yaml"
+        threads: 2
+        params:
+            job=sparse_job,
+            seeds=_seeds,
+        script:
+            "../pipeline_scripts/train_job.py"
 
 
 rule figure9:
@@ -96,7 +165,13 @@ rule figure9:
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figure9/{net}.pdf",
-        png="results/figures/figure9/{net}.png",
+        png=report(
+            "results/figures/figure9/{net}.png",
+            caption="../report/figure9.rst",
+            category="Figure 9 / A9-A12: pre-training",
+            subcategory="{net}",
+            labels={"figure": "Figure 9", "network": "{net}"},
+        ),
     log:
         "logs/figures/figure9/{net}.log",
     conda:
@@ -115,7 +190,13 @@ rule figure10:
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figure10/{net}.pdf",
-        png="results/figures/figure10/{net}.png",
+        png=report(
+            "results/figures/figure10/{net}.png",
+            caption="../report/figure10.rst",
+            category="Figure 10: sparse pre-training",
+            subcategory="{net}",
+            labels={"figure": "Figure 10", "network": "{net}"},
+        ),
     log:
         "logs/figures/figure10/{net}.log",
     conda:

@@ -38,7 +38,13 @@ rule figure3:
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figure3/{net}.pdf",
-        png="results/figures/figure3/{net}.png",
+        png=report(
+            "results/figures/figure3/{net}.png",
+            caption="../report/figure3.rst",
+            category="Figure 3 / A3: early-phase telemetry",
+            subcategory="{net}",
+            labels={"figure": "Figure 3", "network": "{net}"},
+        ),
     log:
         "logs/figures/figure3/{net}.log",
     conda:
@@ -53,7 +59,13 @@ rule figure_a3:
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figureA3.pdf",
-        png="results/figures/figureA3.png",
+        png=report(
+            "results/figures/figureA3.png",
+            caption="../report/figureA3.rst",
+            category="Figure 3 / A3: early-phase telemetry",
+            subcategory="all networks",
+            labels={"figure": "Figure A3", "network": "all"},
+        ),
     log:
         "logs/figures/figureA3.log",
     conda:

@@ -171,12 +171,30 @@ def make_mask(job: Job, model) -> dict | None:
     return prune.global_magnitude(weights, mask, job.prune_fraction)
 
 
-def run(job: Job, log: Callable[[str], None] = print) -> dict:
-    """Train one job and write its declared outputs; returns the metrics file's root attributes."""
-    device.configure(job.threads, job.runtime.get("deterministic", True))
-    dev = device.select(job.runtime.get("device", "auto"))
+@dataclass
+class Prepared:
+    """One job's start, after everything that precedes training (data, mask, perturbation, task)."""
+
+    job: Job
+    hp: TrainingHparams
+    ds: data.Dataset
+    dev: torch.device
+    model: torch.nn.Module
+    init_std: dict
+    mask: dict | None  # the sub-network's mask (written as out_mask)
+    train_mask: dict | None  # what training applies (a temporary pretext head stays dense)
+    perturbed: dict  # perturbation bookkeeping for the metrics file
+    task: tasks.Task | None
+    main_classes: int
+    opts: RunOptions
+    recorder: telemetry.Recorder | None
+    total: int
+    ipe: int
+
+
+def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
+    """Build the job's starting model, mask, perturbation, task and options (no training)."""
     hp = TrainingHparams.from_dict(job.hparams)
-    ds = data.load(job.data_path, dev)
     model, init_std = build_start(job, dev)
     mask = make_mask(job, model)
     perturbed = apply_perturbation(job, model, mask, init_std) if job.perturbation else {}
@@ -199,8 +217,8 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
             )
             ds = dataclasses.replace(ds, test_x=test_x, test_y=test_y)
 
-            def batch_fn(x, y, it):
-                return task.batch(x, y, tasks.batch_generator(job.seed, it, dev))
+            def batch_fn(x, y, it, _task=task, _seed=job.seed):
+                return _task.batch(x, y, tasks.batch_generator(_seed, it, dev))
 
     n = ds.train_x.shape[0]
     total, ipe = hp.total_iterations(n), hp.iterations_per_epoch(n)
@@ -232,31 +250,32 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
         compile=bool(job.runtime.get("compile", False)),
         batch_fn=batch_fn,
     )
-    log(
-        f"{job.network} seed {job.seed}: {total} iterations ({ipe}/epoch) on {dev}, "
+    return Prepared(
+        job, hp, ds, dev, model, init_std, mask, train_mask, perturbed, task, main_classes,
+        opts, recorder, total, ipe,
+    )  # fmt: skip
+
+
+def describe(p: Prepared) -> str:
+    return (
+        f"{p.job.network} seed {p.job.seed}: {p.total} iterations ({p.ipe}/epoch) on {p.dev}, "
         f"{torch.get_num_threads()} thread(s)"
-        + (f", {prune.remaining_fraction(mask):.4f} of weights kept" if mask else "")
-    )
-    started = time.time()
-    result = train(
-        model,
-        ds,
-        hp,
-        opts,
-        workdir=job.workdir,
-        mask=train_mask,
-        network=job.network,
-        log=log,
-        recorder=recorder,
+        + (f", {prune.remaining_fraction(p.mask):.4f} of weights kept" if p.mask else "")
     )
 
-    if task is not None and task.num_classes and task.num_classes != main_classes:
+
+def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, extra=None) -> dict:
+    """Write the job's declared outputs (snapshots, telemetry, final weights, mask, metrics last)
+    from the trained model; returns the metrics file's root attributes."""
+    job, hp, model = p.job, p.hp, p.model
+    if p.task is not None and p.task.num_classes and p.task.num_classes != p.main_classes:
         # The pre-trained state feeds CIFAR-10 training: a fresh 10-way head (Section 6.2).
-        models.replace_head(model, main_classes, rng.generator(job.seed, "main_head"))
+        models.replace_head(model, p.main_classes, rng.generator(job.seed, "main_head"))
     meta = {"hparams": hp.to_dict(), "seed": job.seed, "code_version": code_version()}
+    dev = p.dev
     attrs = {
         **job.attrs,
-        **perturbed,
+        **p.perturbed,
         "network": job.network,
         "seed": job.seed,
         "level": job.level,
@@ -271,37 +290,114 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "data_file": str(job.data_path),
-        "data_sha256_train": ds.provenance.get("sha256_train_images", ""),
+        "data_sha256_train": p.ds.provenance.get("sha256_train_images", ""),
         "init": job.init or f"random(seed={job.seed})",
-        "total_iterations": total,
-        "iterations_per_epoch": ipe,
-        "n_train": n,
-        "n_test": int(ds.test_x.shape[0]),
+        "total_iterations": p.total,
+        "iterations_per_epoch": p.ipe,
+        "n_train": int(p.ds.train_x.shape[0]),
+        "n_test": int(p.ds.test_x.shape[0]),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "weights_remaining_fraction": prune.remaining_fraction(mask) if mask else 1.0,
+        "weights_remaining_fraction": prune.remaining_fraction(p.mask) if p.mask else 1.0,
+        **(extra or {}),
     }
     # Outputs: snapshots first (moved out of the workdir), then final weights, mask and metrics.
     for k, out in job.snapshots.items():
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(result.snapshots[int(k)], out)
-    if recorder is not None:
+        shutil.move(snapshots[int(k)], out)
+    if p.recorder is not None:
         Path(job.out_telemetry).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(recorder.write({"network": job.network, "seed": job.seed}), job.out_telemetry)
+        shutil.move(p.recorder.write({"network": job.network, "seed": job.seed}), job.out_telemetry)
     checkpoint.save(
-        job.out_final, model.state_dict(), iteration=total, network=job.network, meta=meta
+        job.out_final, model.state_dict(), iteration=p.total, network=job.network, meta=meta
     )
     if job.out_mask is not None:
-        prune.save(job.out_mask, mask, level=job.level, meta=meta)
+        prune.save(job.out_mask, p.mask, level=job.level, meta=meta)
     write_run(
         job.out_metrics,
-        result.metrics,
+        metrics,
         attrs,
-        sparsity=prune.counts(mask) if mask else None,
-        init_std=init_std if job.init is None else None,
+        sparsity=prune.counts(p.mask) if p.mask else None,
+        init_std=p.init_std if job.init is None else None,
     )
     shutil.rmtree(job.workdir, ignore_errors=True)
     log(
-        f"done: final test accuracy {result.metrics.eval_accuracy[-1]:.4f}, "
-        f"{result.metrics.images / max(result.metrics.train_seconds, 1e-9):.0f} img/s"
+        f"done: {job.network} seed {job.seed} final test accuracy "
+        f"{metrics.eval_accuracy[-1]:.4f}, "
+        f"{metrics.images / max(metrics.train_seconds, 1e-9):.0f} img/s"
     )
     return attrs
+
+
+def run(job: Job, log: Callable[[str], None] = print) -> dict:
+    """Train one job and write its declared outputs; returns the metrics file's root attributes."""
+    device.configure(job.threads, job.runtime.get("deterministic", True))
+    dev = device.select(job.runtime.get("device", "auto"))
+    p = prepare(job, data.load(job.data_path, dev), dev)
+    log(describe(p))
+    started = time.time()
+    result = train(
+        p.model,
+        p.ds,
+        p.hp,
+        p.opts,
+        workdir=job.workdir,
+        mask=p.train_mask,
+        network=job.network,
+        log=log,
+        recorder=p.recorder,
+    )
+    return finish(p, result.metrics, result.snapshots, started, log)
+
+
+def run_group(
+    jobs: list[Job], method: str = "grouped", log: Callable[[str], None] = print
+) -> list[dict]:
+    """Train several jobs of one network together in one process (``runtime.runs_per_job``;
+    multirun.py) and write each job's outputs exactly as ``run`` would. The jobs may differ in
+    seed, start state, mask, perturbation and task labels; they must share the network, the
+    hyperparameters and the data. Grouped jobs keep no resume state (a killed group restarts)
+    and record no telemetry or snapshots (dense runs are never grouped)."""
+    from . import multirun
+
+    if not jobs:
+        raise ValueError("run_group needs at least one job")
+    first = jobs[0]
+    for j in jobs:
+        for name in ("network", "hparams", "data_path", "eval_every", "task"):
+            if getattr(j, name) != getattr(first, name):
+                raise ValueError(
+                    f"jobs of one group must share {name}: {getattr(first, name)!r} (seed "
+                    f"{first.seed}) vs {getattr(j, name)!r} (seed {j.seed})"
+                )
+        if j.snapshots or j.out_telemetry:
+            raise ValueError(
+                f"seed {j.seed}: snapshots and telemetry need a job of its own (runs_per_job 1)"
+            )
+    if len(jobs) == 1:
+        return [run(first, log)]
+    device.configure(first.threads, first.runtime.get("deterministic", True))
+    dev = device.select(first.runtime.get("device", "auto"))
+    ds = data.load(first.data_path, dev)
+    prepared = [prepare(j, ds, dev) for j in jobs]
+    for p in prepared:
+        log(describe(p))
+    opts = prepared[0].opts
+    log(f"training {len(jobs)} runs together ({method})")
+    started = time.time()
+    result = multirun.train_group(
+        [p.model for p in prepared],
+        [p.ds for p in prepared],
+        prepared[0].hp,
+        [j.seed for j in jobs],
+        masks=[p.train_mask for p in prepared],
+        method=method,
+        eval_iterations=opts.eval_iterations,
+        log_every=opts.log_every,
+        eval_batch_size=opts.eval_batch_size,
+        batch_fns=[p.opts.batch_fn for p in prepared],
+        log=log,
+    )
+    extra = {"runs_per_job": len(jobs), "multirun_method": method}
+    return [
+        finish(p, m, {}, started, log, extra) for p, m in zip(prepared, result.metrics, strict=True)
+    ]

@@ -124,3 +124,65 @@ def test_effective_std_report_for_configured_variants(setup):
         if "shuffle" in name and "signs" not in name:  # a permutation keeps the sum
             assert abs(mean) < 1e-6, name
     assert out["noise_2"][1] > out["noise_1"][1] > out["noise_0.5"][1]
+
+
+def _job(root, name, seed, **kw):
+    out = root / name
+    return runs.Job(
+        network=NET, seed=seed, data_path=str(root / "d.h5"), hparams=HP, runtime={"log_every": 1},
+        eval_every=1, workdir=str(out / "w"), out_final=str(out / "final.pt"),
+        out_metrics=str(out / "metrics.h5"), **kw,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["perturb_and_prune", "rotation"])
+def test_group_of_runs_writes_what_separate_runs_write(setup, kind):
+    """runs_per_job > 1: one process trains several seeds' jobs (each with its own start,
+    mask, perturbation, labels) and writes each job's files as a separate run would."""
+    root, _ = setup
+    dense = root / "dense"
+    if kind == "rotation":
+        specs = [dict(seed=s, task="rotation") for s in (1, 2)]
+    else:
+        specs = [
+            dict(seed=1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
+                 perturbation={"kind": "noise", "scale": 1.0}, perturb_key="noise_1",
+                 perturb_init0=str(dense / "iter0.pt")),
+            dict(seed=2, init=str(dense / "iter2.pt"),
+                 prune_from=(str(dense / "final.pt"), None), level=1),
+        ]  # fmt: skip
+    outs = {}
+    for mode in ("alone", "group"):
+        jobs = []
+        for spec in specs:
+            name = f"{kind}_{mode}_{spec['seed']}"
+            extra = {"out_mask": str(root / name / "mask.pt")} if "prune_from" in spec else {}
+            jobs.append(_job(root, name, **spec, **extra))
+        if mode == "alone":
+            attrs = [runs.run(j, log=lambda s: None) for j in jobs]
+        else:
+            attrs = runs.run_group(jobs, log=lambda s: None)
+        outs[mode] = (jobs, attrs)
+    for alone, a_attrs, group, g_attrs in zip(*outs["alone"], *outs["group"], strict=True):
+        assert g_attrs["runs_per_job"] == 2 and g_attrs["seed"] == a_attrs["seed"]
+        for key in ("effective_std", "weights_remaining_fraction", "init"):
+            assert g_attrs.get(key) == a_attrs.get(key), key  # same start, same perturbation
+        fa = checkpoint.load(alone.out_final)["state_dict"]
+        fg = checkpoint.load(group.out_final)["state_dict"]
+        assert fa.keys() == fg.keys()
+        for name in fa:  # 3 SGD steps: float tolerance (other kernels), not bit-identical
+            torch.testing.assert_close(fg[name], fa[name], rtol=1e-3, atol=1e-4, msg=name)
+        if alone.out_mask:
+            ma, mg = prune.load(alone.out_mask), prune.load(group.out_mask)
+            assert all(torch.equal(ma[n], mg[n]) for n in ma)
+        with h5py.File(alone.out_metrics) as a, h5py.File(group.out_metrics) as g:
+            assert list(a["eval/iteration"]) == list(g["eval/iteration"])
+            assert g["eval/accuracy"][:] == pytest.approx(a["eval/accuracy"][:], abs=1 / 32)
+
+
+def test_group_refuses_runs_that_cannot_share_a_process(setup):
+    root, _ = setup
+    a = _job(root, "x1", 1)
+    b = _job(root, "x2", 2, task="rotation")
+    with pytest.raises(ValueError, match="must share task"):
+        runs.run_group([a, b])

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
+
+from pipeline_scripts.earlyphase import prune
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -24,11 +27,7 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    proc = smk("--profile", "profiles/smoke", "--directory", str(out))
-    return out, proc
+# smoke_run: one undisturbed smoke run for the whole session (tests/workflow/conftest.py).
 
 
 @pytest.mark.slow
@@ -173,3 +172,31 @@ def test_checked_in_rule_graph_is_current():
     assert current == sorted(line.strip() for line in checked_in if line.strip()), (
         "the rule graph changed: run `make rulegraph` and commit docs/rulegraph.*"
     )
+
+
+@pytest.mark.slow
+def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp_path):
+    """runtime.runs_per_job = 2: one job per seed pair, same per-seed files, profile threads
+    applied to the grouped rules, and results equal to separate jobs up to float tolerance."""
+    out, _ = smoke_run
+    overlay = tmp_path / "grouped.yaml"
+    overlay.write_text("runtime: {runs_per_job: 2}\n")
+    work = tmp_path / "grouped"
+    args = ["--profile", "profiles/smoke", "--directory", str(work),
+            "--configfile", "config.yaml", "config/smoke.yaml", str(overlay)]  # fmt: skip
+    counts = job_counts(smk(*args, "-n").stdout)
+    assert counts["train_imp_level_seeds1_2"] == 12 and "train_imp_level" not in counts
+    assert counts["train_perturbed_seeds1_2"] == 4 and counts["train_dense"] == 2
+    level = "imp/rewind4/level1"
+    targets = [f"results/resnet8_w4/seed{s}/{level}/metrics.h5" for s in (1, 2)]
+    smk(*targets, *args)  # targets first: --configfile takes every word after it
+    log = (work / "logs/resnet8_w4/seeds1_2" / level / "train.log").read_text()
+    assert "training 2 runs together (grouped)" in log and "1 thread(s)" in log  # set-threads
+    for seed in (1, 2):
+        alone = out / f"results/resnet8_w4/seed{seed}/{level}"
+        group = work / f"results/resnet8_w4/seed{seed}/{level}"
+        ma, mg = prune.load(alone / "mask.pt"), prune.load(group / "mask.pt")
+        assert ma.keys() == mg.keys() and all(torch.equal(ma[k], mg[k]) for k in ma)
+        with h5py.File(alone / "metrics.h5") as a, h5py.File(group / "metrics.h5") as g:
+            assert g.attrs["runs_per_job"] == 2 and g.attrs["seed"] == seed
+            assert g["eval/accuracy"][-1] == pytest.approx(a["eval/accuracy"][-1], abs=0.02)
