@@ -1,5 +1,6 @@
 """End-to-end: the smoke preset through Snakemake, lint, planning of the paper's DAG, config errors."""
 
+import json
 import re
 import subprocess
 import sys
@@ -200,3 +201,16 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp
         with h5py.File(alone / "metrics.h5") as a, h5py.File(group / "metrics.h5") as g:
             assert g.attrs["runs_per_job"] == 2 and g.attrs["seed"] == seed
             assert g["eval/accuracy"][-1] == pytest.approx(a["eval/accuracy"][-1], abs=0.02)
+
+
+def test_planning_benchmark_reports_jobs_time_and_memory(tmp_path):
+    """bench/planning.py runs (a benchmark: asserts nothing about speed) and counts the DAG."""
+    out = tmp_path / "plan.json"
+    cmd = [sys.executable, "bench/planning.py", "--configfile", "config.yaml", "config/smoke.yaml",
+           "--rounds", "1", "--json", str(out)]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    planned = job_counts(smk("-n", "--quiet", "rules", "--profile", "profiles/smoke",
+                             "--directory", str(tmp_path / "d")).stdout)  # fmt: skip
+    assert result["jobs"] == planned["total"] > 50
+    assert result["dry_run"]["wall_s"] > 0 and result["dry_run"]["peak_rss_mb"] > 50
