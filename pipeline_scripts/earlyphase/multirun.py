@@ -30,8 +30,9 @@ Performance). On the 2-core CPU neither method beats N runs one after another: R
 batching rule, which also becomes a grouped convolution, in NCHW) runs at a lower FLOP rate than
 N plain ones. Measured, all N models together vs one run at a time (interleaved, medians; two runs
 of the benchmark, the second in the README): grouped 0.70-0.82x / 0.60-0.62x / 0.46-0.72x and vmap
-0.52-0.56x / 0.44-0.53x / 0.31x for N = 2 / 4 / 8. So the switch stays off on CPUs. When to use it: on a GPU, one small-network job (ResNet-20/56 at batch 128)
-leaves most of the device idle -- each of its ~200 kernels per step is too small to fill the
+0.52-0.56x / 0.44-0.53x / 0.31x for N = 2 / 4 / 8. So the switch stays off on CPUs.
+
+When to use it: on a GPU, one small-network job (ResNet-20/56 at batch 128) leaves most of the device idle -- each of its ~200 kernels per step is too small to fill the
 SMs and the step is launch-bound -- and N runs per job issue the same number of launches with N
 times the work each (grouped: one cuDNN grouped convolution per layer, channels_last). Measure
 ``bench.py --multirun resnet20 --multirun-n 2 4 8 16`` on the GPU and take the N where img/s per
