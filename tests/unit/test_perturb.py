@@ -27,7 +27,7 @@ def _run(kind, sources, seed=1, **params):
     return perturb.perturb(kind, sources, rng.generator(seed, "test-perturb"), **params)
 
 
-SCOPES = ["network", "layer", "filter", "incoming", "outgoing"]
+SCOPES = ["network", "layer", "filter", "kernel", "incoming", "outgoing"]
 SIGN_MAGNITUDE = [("k", "k"), ("0", "0"), ("k", "0"), ("k", "fresh"), ("0", "k")]
 CASES = (
     [("sign_magnitude", {"signs": s, "magnitudes": m}) for s, m in SIGN_MAGNITUDE]
@@ -49,6 +49,8 @@ def _groups(sources, scope, tensors):
             out.append(t[m])
         elif scope in ("filter", "incoming"):
             out += [t[o][m[o]] for o in range(t.shape[0])]
+        elif scope == "kernel":
+            out += [t[o, i][m[o, i]] for o in range(t.shape[0]) for i in range(t.shape[1])]
         else:
             out += [t[:, i][m[:, i]] for i in range(t.shape[1])]
     return out

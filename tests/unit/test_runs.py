@@ -126,6 +126,30 @@ def test_effective_std_report_for_configured_variants(setup):
     assert out["noise_2"][1] > out["noise_1"][1] > out["noise_0.5"][1]
 
 
+def test_effective_std_tool_labels_its_mask(setup, tmp_path, capsys):
+    """The command-line report: one row per configured variant, mean over the given runs, and the
+    mask it used said in so many words (a stand-in is never mistaken for the IMP mask)."""
+    import shutil
+
+    from pipeline_scripts.earlyphase import effective_std
+
+    root, _ = setup
+    run = tmp_path / "seed1" / "dense"
+    (run / "checkpoints").mkdir(parents=True)
+    for k in (0, 2):
+        shutil.copy(root / "dense" / f"iter{k}.pt", run / "checkpoints" / f"iter{k}.pt")
+    level = tmp_path / "seed1" / "level3"
+    level.mkdir()
+    shutil.copy(root / "mask.pt", level / "mask.pt")
+    base = ["--network", NET, "--k", "2", "--dense", str(run)]
+    effective_std.main([*base, "--standin-iteration", "2", "--standin-keep", "0.5"])
+    out = capsys.readouterr().out
+    assert "STAND-IN mask" in out and "0.500 kept" in out and "shuffle_kernel" in out
+    effective_std.main([*base, "--mask-dir", str(tmp_path / "seed{seed}" / "level3")])
+    out = capsys.readouterr().out
+    assert "IMP mask" in out and "STAND-IN" not in out
+
+
 def _job(root, name, seed, **kw):
     out = root / name
     return runs.Job(
