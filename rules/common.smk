@@ -126,6 +126,20 @@ def _job(wildcards, **extra):
     }
 
 
+REWINDING = config["rewinding"]
+
+
+def _start_at(k=0, pretrained_epochs=0):
+    """Where a run's start state stands in the schedule (config key `rewinding`; runs.Job):
+    the dense run's step k, plus pre-training that counts as the schedule's first epochs."""
+    out = {}
+    if int(k) and REWINDING["schedule"] == "framework":
+        out["start_iteration"] = int(k)
+    if float(pretrained_epochs) and REWINDING["pretrained"] == "framework":
+        out["start_epochs"] = float(pretrained_epochs)
+    return out
+
+
 def dense_job(wildcards):
     return _job(
         wildcards,
@@ -140,6 +154,12 @@ def _rewind_attr(source):
     return {"rewind_iteration": int(m[1])} if m else {}
 
 
+def _source_start(source):
+    """_start_at for an IMP chain's source: rewind<k> or pretrain/<task>/e<E>."""
+    m = re.fullmatch(r"rewind(\d+)|pretrain/[^/]+/e(.+)", source)
+    return _start_at(m[1] or 0, m[2] or 0)
+
+
 def imp_job(wildcards):
     return _job(
         wildcards,
@@ -147,13 +167,18 @@ def imp_job(wildcards):
         prune_exclude=IMP["exclude"],
         level=int(wildcards.level),
         attrs={"experiment": "imp", "series": wildcards.source, **_rewind_attr(wildcards.source)},
+        **_source_start(wildcards.source),
     )
 
 
 def level0_job(wildcards):
     """Level 0 of a chain rewound to a pre-trained state: train the unpruned network from it."""
     source = f"pretrain/{wildcards.task}/e{wildcards.epochs}"
-    return _job(wildcards, attrs={"experiment": "imp", "series": source})
+    return _job(
+        wildcards,
+        attrs={"experiment": "imp", "series": source},
+        **_start_at(0, wildcards.epochs),
+    )
 
 
 def perturb_job(wildcards):
@@ -168,6 +193,7 @@ def perturb_job(wildcards):
             "series": w.variant,
             "rewind_iteration": int(w.k),
         },
+        **_start_at(w.k),
     )
 
 
@@ -210,6 +236,7 @@ def sparse_pretext_job(wildcards):
 
 
 def sparse_job(wildcards):
+    pretrained = SPARSE["epochs"] if wildcards.start == "pretrained" else 0
     return _job(
         wildcards,
         level=int(wildcards.level),
@@ -218,6 +245,7 @@ def sparse_job(wildcards):
             "experiment": "sparse_pretrain",
             "series": f"{wildcards.kind}_{wildcards.start}",
         },
+        **_start_at(wildcards.k, pretrained),
     )
 
 

@@ -148,8 +148,9 @@ class Timing:
 class StepClock:
     """Reads the clock after every training step and stops the loop when the plan is done.
 
-    Speaks the ``recorder`` protocol of ``train.train`` (``wants``/``on_state``/``on_grad``/
-    ``flush``): ``on_state(it)`` runs after step ``it`` and before the next step's forward pass.
+    Speaks the ``recorder`` protocol of ``train.train`` (``attach``/``wants``/``on_state``/
+    ``on_grad``/``flush``): ``on_state(it)`` runs after step ``it`` and before the next step's
+    forward pass.
     """
 
     def __init__(
@@ -170,6 +171,9 @@ class StepClock:
         self.contended: list[float] = []
         self.others: list[float] = []
         self.monitor = Monitor()
+
+    def attach(self, loss_fn) -> None:  # measures no gradients
+        pass
 
     def wants(self, it: int) -> bool:
         return True

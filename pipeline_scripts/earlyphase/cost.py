@@ -137,43 +137,56 @@ def jobs(config: dict) -> list[dict]:
 
     out = []
 
-    def add(family, net, hp: dict, count: int, telemetry: bool = False):
+    rewinding = config["rewinding"]
+
+    def add(family, net, hp: dict, count: int, telemetry: bool = False, k=0, pre_epochs=0.0):
+        """``k``/``pre_epochs``: where the runs start in the schedule (config key rewinding)."""
         out.append({"family": family, "network": net, "hparams": hp, "count": count,
-                    "telemetry": telemetry})  # fmt: skip
+                    "telemetry": telemetry,
+                    "start_iteration": k if rewinding["schedule"] == "framework" else 0,
+                    "start_epochs": pre_epochs if rewinding["pretrained"] == "framework" else 0.0,
+                    })  # fmt: skip
 
     s = len(seeds)
     for net in nets:
         hp = hps[net]
         add("dense", net, hp, s, telemetry=True)
-        add("imp", net, hp, s * len(rewinds) * len(levels))
+        for k in rewinds:
+            add("imp", net, hp, s * len(levels), k=k)
         if variants:
-            k = len(perturb["rewind_iterations"])
-            add("perturb", net, hp, s * k * len(perturb["levels"]) * len(variants))
+            for k in perturb["rewind_iterations"]:
+                add("perturb", net, hp, s * len(perturb["levels"]) * len(variants), k=k)
         if pre["tasks"]:
             chains = s * len(pre["tasks"])
             for e in pre["epochs"]:
                 add("pretrain", net, {**hp, **pre["hparams"], "epochs": float(e)}, chains)
-                add("from_pretrained", net, hp, chains)
-                add("imp_pretrained", net, hp, chains * len(levels))
+                add("from_pretrained", net, hp, chains, pre_epochs=float(e))
+                add("imp_pretrained", net, hp, chains * len(levels), pre_epochs=float(e))
         if sparse["kinds"]:
-            lv = len(sparse["levels"])
+            lv, k = len(sparse["levels"]), sparse["rewind_iteration"]
             pretext_hp = {**hp, **pre["hparams"], "epochs": float(sparse["epochs"])}
             add("sparse_pretext", net, pretext_hp, s * len(sparse["kinds"]) * lv)
-            starts = sum(1 if kind == "imp" else 2 for kind in sparse["kinds"])
-            add("sparse_train", net, hp, s * starts * lv)
+            scratch = sum(kind != "imp" for kind in sparse["kinds"])
+            add("sparse_train", net, hp, s * scratch * lv, k=k)
+            add("sparse_train", net, hp, s * len(sparse["kinds"]) * lv, k=k,
+                pre_epochs=float(sparse["epochs"]))  # fmt: skip
     n_train, n_test = data_sizes(config)
     for j in out:
         hp = TrainingHparams.from_dict(j["hparams"])
         ipe, total = hp.iterations_per_epoch(n_train), hp.total_iterations(n_train)
+        start = int(j.pop("start_iteration")) + round(float(j.pop("start_epochs")) * ipe)
         extra = []
         if j["telemetry"]:
             extra = telemetry.schedule(
                 min(int(tel["iterations"]), total), int(tel["dense_until"]), int(tel["points"])
             )
-        evals = runs.eval_schedule(total, ipe, every, extra)
+        evals = [it for it in runs.eval_schedule(total, ipe, every, [start, *extra]) if it >= start]
         subset = min(int(tel["eval_subset"] or n_test), n_test) if j["telemetry"] else n_test
-        j["iterations"] = total
-        j["images"] = _images(total, ipe, n_train, hp.batch_size)
+        j["start"] = start
+        j["iterations"] = total - start
+        j["images"] = _images(total, ipe, n_train, hp.batch_size) - _images(
+            start, ipe, n_train, hp.batch_size
+        )
         j["eval_images"] = sum(subset if it <= tel["eval_subset_until"] else n_test for it in evals)
     return out
 

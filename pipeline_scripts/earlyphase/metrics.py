@@ -60,6 +60,7 @@ def write_run(
             f.attrs["final_test_loss"] = float(metrics.eval_loss[-1]) if acc else float("nan")
             f.attrs["train_seconds"] = float(metrics.train_seconds)
             f.attrs["eval_seconds"] = float(metrics.eval_seconds)
+            f.attrs["images"] = int(metrics.images)  # training images processed (T - start steps)
             f.attrs["images_per_second"] = (
                 metrics.images / metrics.train_seconds if metrics.train_seconds else float("nan")
             )

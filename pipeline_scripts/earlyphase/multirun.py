@@ -334,6 +334,7 @@ def train_group(
     batch_fns: Sequence[Callable | None] | None = None,
     max_iterations: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    start_iteration: int = 0,
     log: Callable[[str], None] = print,
 ) -> GroupResult:
     """Train ``models`` (same architecture) together, in place; model i follows ``seeds[i]``.
@@ -344,7 +345,8 @@ def train_group(
     mask=masks[i])`` would, up to float rounding. ``datasets`` may be one data set for all or one
     per model (e.g. a task's relabelled training labels); the training images must have the same
     shape. ``max_iterations`` stops early (tests); ``on_step(it)`` runs before the first step
-    (``it`` = 0) and after every step (``it`` = steps done), e.g. the benchmark's clock.
+    (``it`` = ``start_iteration``) and after every step (``it`` = the absolute iteration), e.g. the
+    benchmark's clock. ``start_iteration``: rewinding, as ``train.RunOptions.start_iteration``.
     """
     n = len(models)
     if len(seeds) != n:
@@ -361,8 +363,11 @@ def train_group(
     ipe = hp.iterations_per_epoch(n_train)
     total = hp.total_iterations(n_train)
     stop = total if max_iterations is None else min(total, int(max_iterations))
+    start = int(start_iteration)
+    if not 0 <= start < total:
+        raise ValueError(f"start iteration {start} must lie in 0..{total - 1}")
     snapshot_at = set(snapshot_iterations)
-    eval_at = {i for i in eval_iterations if 0 <= i <= total} | {total}
+    eval_at = {i for i in eval_iterations if start <= i <= total} | {start, total}  # OpenLTH evaluates at its start step too
 
     for m in models:
         m.to(dev)
@@ -379,7 +384,7 @@ def train_group(
     metrics = [Metrics() for _ in range(n)]
     snapshots: list[dict] = [{} for _ in range(n)]
     loss_acc = torch.zeros(n, device=dev, dtype=torch.float32)
-    it = last_log_it = 0
+    it = last_log_it = start
 
     def snapshot():
         for i in range(n):
@@ -401,12 +406,12 @@ def train_group(
                 raise NonFiniteLoss(f"run {i} (seed {seeds[i]}): test loss {loss} at {it}")
         log(f"iter {it:>7}/{total}  test acc " + " ".join(f"{a:.4f}" for _, a in results))
 
-    if 0 in snapshot_at:
+    if start in snapshot_at:
         snapshot()
-    if 0 in eval_at:
+    if start in eval_at:
         run_eval()
     if on_step is not None:
-        on_step(0)
+        on_step(start)
     draws, draw_epoch, current_lr = None, -1, None
     t0 = time.perf_counter()
     while it < stop:

@@ -237,7 +237,8 @@ TELEMETRY_PANELS = [
     ("Average weight magnitude", [("mean_abs", None, 1.0)], "mean |w|"),
     ("Sign changes from init", [("sign_changed", None, 100.0)], "% of weights"),
     ("Ten random weights", [], "weight value"),
-    ("Gradient magnitude", [("grad_norm", None, 1.0)], "||g||"),
+    ("Gradient magnitude", [("grad_norm", "batch mean", 1.0), ("grad_norm_full", "full sample", 1.0),
+                            ("grad_norm_step", "step's batch", 1.0)], "||g||"),
     ("L2 distance", [("dist_init", "from init", 1.0), ("dist_final", "from final", 1.0)], "L2 distance"),
     ("Cosine similarity", [("cos_init", "to init", 1.0), ("cos_final", "to final", 1.0)], "cosine"),
 ]  # fmt: skip
@@ -259,7 +260,7 @@ def _draw_telemetry(axes, tel: dict, color: str, label: str | None, ten: bool) -
         for j, (key, sub, scale) in enumerate(lines):
             mean, std = tel[f"{key}/mean"] * scale, tel[f"{key}/std"] * scale
             name = " ".join(x for x in (label, sub) if x) or None
-            ax.plot(its, mean, color=color, linestyle=("-", "--")[j], lw=1.2, label=name)
+            ax.plot(its, mean, color=color, linestyle=("-", "--", ":")[j], lw=1.2, label=name)
             ax.fill_between(its, mean - std, mean + std, color=color, alpha=BAND_ALPHA, lw=0)
         if not lines and ten:
             ax.plot(its, tel["ten_weights"], lw=0.9)

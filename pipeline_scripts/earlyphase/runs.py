@@ -71,6 +71,10 @@ class Job:
     init_purpose: str = "init"  # random stream of a fresh init ("reinit" = not the dense run's)
     task: str | None = None  # pre-training task (tasks.REGISTRY); None = CIFAR-10 itself
     random_mask_like: str | None = None  # random mask with this IMP mask's per-layer sparsity
+    # Where in the schedule the start state stands (rewinding, config key `rewinding`): the run
+    # trains steps start .. T, start = start_iteration + round(start_epochs x iterations/epoch).
+    start_iteration: int = 0  # the dense run's step k the start weights come from
+    start_epochs: float = 0.0  # pre-training that counts as the schedule's first epochs
 
 
 def code_version() -> str:
@@ -222,6 +226,7 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
 
     n = ds.train_x.shape[0]
     total, ipe = hp.total_iterations(n), hp.iterations_per_epoch(n)
+    start = start_iteration(job, ipe)
     recorder, extra_evals, tel = None, list(job.eval_iterations), job.telemetry or {}
     if job.out_telemetry is not None:
         points = telemetry.schedule(
@@ -236,10 +241,13 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
             points,
             job.seed,
             Path(job.workdir) / "telemetry.h5",
+            grad_sample=telemetry.grad_sample(ds, int(tel.get("grad_sample", 2048)), job.seed),
+            grad_batch=hp.batch_size,
         )
         extra_evals += points
     opts = RunOptions(
         seed=job.seed,
+        start_iteration=start,
         eval_iterations=eval_schedule(total, ipe, job.eval_every, extra_evals),
         eval_subset=int(tel.get("eval_subset") or 0),
         eval_subset_until=int(tel.get("eval_subset_until", -1)),
@@ -256,9 +264,16 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
     )  # fmt: skip
 
 
+def start_iteration(job: Job, ipe: int) -> int:
+    """The absolute iteration a job's start state stands at (see Job.start_iteration)."""
+    return int(job.start_iteration) + round(float(job.start_epochs) * ipe)
+
+
 def describe(p: Prepared) -> str:
+    start = p.opts.start_iteration
     return (
-        f"{p.job.network} seed {p.job.seed}: {p.total} iterations ({p.ipe}/epoch) on {p.dev}, "
+        f"{p.job.network} seed {p.job.seed}: iterations {start}..{p.total} "
+        f"({p.total - start} steps, {p.ipe}/epoch) on {p.dev}, "
         f"{torch.get_num_threads()} thread(s)"
         + (f", {prune.remaining_fraction(p.mask):.4f} of weights kept" if p.mask else "")
     )
@@ -293,6 +308,7 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         "data_sha256_train": p.ds.provenance.get("sha256_train_images", ""),
         "init": job.init or f"random(seed={job.seed})",
         "total_iterations": p.total,
+        "start_iteration": p.opts.start_iteration,
         "iterations_per_epoch": p.ipe,
         "n_train": int(p.ds.train_x.shape[0]),
         "n_test": int(p.ds.test_x.shape[0]),
@@ -382,6 +398,9 @@ def run_group(
     for p in prepared:
         log(describe(p))
     opts = prepared[0].opts
+    starts = {p.opts.start_iteration for p in prepared}
+    if len(starts) != 1:
+        raise ValueError(f"jobs of one group must share their start iteration, not {starts}")
     log(f"training {len(jobs)} runs together ({method})")
     started = time.time()
     result = multirun.train_group(
@@ -395,6 +414,7 @@ def run_group(
         log_every=opts.log_every,
         eval_batch_size=opts.eval_batch_size,
         batch_fns=[p.opts.batch_fn for p in prepared],
+        start_iteration=opts.start_iteration,
         log=log,
     )
     extra = {"runs_per_job": len(jobs), "multirun_method": method}

@@ -8,8 +8,14 @@ parameter order; biases and BatchNorm parameters excluded):
     mean_abs[t]      mean |W_t|                                       (average weight magnitude)
     sign_changed[t]  fraction of W_t whose sign bit differs from W_0  (x100 = % sign changes)
     ten_weights[t]   W_t at ten flat indices drawn once from (seed, "telemetry_ten_weights")
-    grad_norm[t]     ||g_t||_2 of the mini-batch gradient computed at state t (the step t -> t+1),
-                     over W only, before weight decay and momentum
+    grad_norm[t]     the gradient magnitude of Figure 3, measured (not one noisy mini-batch): the
+                     mean over the m mini-batches of a fixed training sample (``grad_sample``
+                     images, drawn once from (seed, "telemetry_grad_sample"), no augmentation) of
+                     ||g_b||_2, the loss gradient of mini-batch b at state t over W (BatchNorm in
+                     training mode, as in a step; its running statistics are left untouched)
+    grad_norm_full[t]  ||mean_b g_b||_2: the gradient of the mean loss over that fixed sample
+    grad_norm_step[t]  ||g_t||_2 of the training step's own mini-batch at state t (the step
+                     t -> t+1; NaN at the last point), as recorded before format 2
     dist_init[t]     ||W_t - W_0||_2
     cos_init[t]      <W_t, W_0> / (||W_t|| ||W_0||)
 and keeps a float16 snapshot of W_t. After training, ``final_relative`` turns the snapshots into
@@ -32,7 +38,7 @@ import torch
 
 from . import rng
 
-FORMAT = "earlyphase-telemetry/1"
+FORMAT = "earlyphase-telemetry/2"
 
 
 def schedule(total: int, dense_until: int = 10, points: int = 60) -> list[int]:
@@ -46,10 +52,28 @@ def schedule(total: int, dense_until: int = 10, points: int = 60) -> list[int]:
     return sorted(set(first) | {int(round(v)) for v in logs} | {total})
 
 
+def grad_sample(ds, size: int, seed: int) -> tuple | None:
+    """The fixed training sample the gradient magnitude is measured on: ``size`` images drawn
+    once from (seed, "telemetry_grad_sample"), un-augmented; None for size 0."""
+    if size <= 0:
+        return None
+    n = ds.train_x.shape[0]
+    pick = torch.randperm(n, generator=rng.generator(seed, "telemetry_grad_sample"))[: min(size, n)]
+    pick = pick.sort().values.to(ds.train_x.device)
+    return ds.train_x[pick], ds.train_y[pick]
+
+
 class Recorder:
     """Collects telemetry inside the training loop; see module docstring for the quantities."""
 
-    def __init__(self, model, names: list[str], iterations, seed: int, snapshot_path):
+    def __init__(self, model, names: list[str], iterations, seed: int, snapshot_path,
+                 grad_sample: tuple | None = None, grad_batch: int = 128):  # fmt: skip
+        """``grad_sample``: (uint8 images, labels) of the fixed sample the gradient magnitude is
+        measured on, in mini-batches of ``grad_batch``; None records only the step's gradient."""
+        self.model = model
+        self.grad_sample = grad_sample
+        self.grad_batch = int(grad_batch)
+        self.loss_fn = None  # (uint8 x, y) -> mean loss; set by the training loop (attach)
         self.names = list(names)
         params = dict(model.named_parameters())
         self.params = [params[n] for n in self.names]
@@ -64,7 +88,8 @@ class Recorder:
         rows = len(self.iterations)
         self.values = {
             k: torch.full((rows,), float("nan"), dtype=torch.float64)
-            for k in ("mean_abs", "sign_changed", "grad_norm", "dist_init", "cos_init")
+            for k in ("mean_abs", "sign_changed", "grad_norm", "grad_norm_full", "grad_norm_step",
+                      "dist_init", "cos_init")
         }
         self.values["ten_weights"] = torch.full((rows, 10), float("nan"), dtype=torch.float64)
         self._pending = []  # (row, key, device tensor): host copies happen at flush()
@@ -91,15 +116,43 @@ class Recorder:
             ("ten_weights", w[self.ten_index.to(w.device)]),
         ):
             self._pending.append((row, key, value.detach()))
+        self._sample_gradients(row)
         with h5py.File(self.path, "a") as f:
             if "snapshots" not in f:
                 f.create_dataset("snapshots", shape=(len(self.iterations), w.numel()), dtype="f2")
             f["snapshots"][row] = w.to(torch.float16).cpu().numpy()
 
+    def attach(self, loss_fn) -> None:
+        """The training loop's loss, ``loss_fn(x_uint8, y) -> mean loss`` (normalisation, autocast
+        and the forward pass exactly as in a training step)."""
+        self.loss_fn = loss_fn
+
+    def _sample_gradients(self, row: int) -> None:
+        """grad_norm and grad_norm_full at the current state on the fixed sample. The model is in
+        training mode (BatchNorm uses batch statistics, as in the step); the BatchNorm running
+        statistics it updates are restored, and no .grad is touched, so training is unchanged."""
+        if self.grad_sample is None or self.loss_fn is None:
+            return
+        x_all, y_all = self.grad_sample
+        buffers = [b for b in self.model.buffers()]
+        saved = [b.detach().clone() for b in buffers]
+        norms, total = [], None
+        for i in range(0, x_all.shape[0], self.grad_batch):
+            loss = self.loss_fn(x_all[i : i + self.grad_batch], y_all[i : i + self.grad_batch])
+            grads = torch.autograd.grad(loss, self.params)
+            flat = torch.cat([g.detach().float().reshape(-1) for g in grads])
+            norms.append(flat.norm())
+            total = flat if total is None else total + flat
+        with torch.no_grad():
+            for b, v in zip(buffers, saved, strict=True):
+                b.copy_(v)
+        self._pending.append((row, "grad_norm", torch.stack(norms).mean()))
+        self._pending.append((row, "grad_norm_full", (total / len(norms)).norm()))
+
     def on_grad(self, it: int) -> None:
-        """Record ||g|| of the gradient computed at state ``it`` (after backward, before step)."""
+        """Record ||g|| of the step's own gradient at state ``it`` (after backward, before step)."""
         sq = torch.stack([p.grad.detach().float().pow(2).sum() for p in self.params]).sum()
-        self._pending.append((self.index[it], "grad_norm", sq.sqrt()))
+        self._pending.append((self.index[it], "grad_norm_step", sq.sqrt()))
 
     def flush(self) -> None:
         for row, key, value in self._pending:
@@ -149,7 +202,7 @@ def final_relative(snapshots: np.ndarray, w_final: np.ndarray, chunk: int = 8) -
 
 # ---- after the dense run: final-relative quantities, summaries, the Figure 2 timeline ----------
 SERIES = (
-    "accuracy", "loss", "mean_abs", "sign_changed", "grad_norm",
+    "accuracy", "loss", "mean_abs", "sign_changed", "grad_norm", "grad_norm_full", "grad_norm_step",
     "dist_init", "dist_final", "cos_init", "cos_final",
 )  # fmt: skip
 
@@ -226,7 +279,7 @@ def summarise(paths: list[str], out_path, network: str) -> dict:
     def write(h):
         h.attrs.update(
             {
-                "schema": "earlyphase-telemetry-summary/1",
+                "schema": "earlyphase-telemetry-summary/2",
                 "network": network,
                 "seeds": [r["_seed"] for r in runs],
                 "final_accuracy_mean": final.mean(),

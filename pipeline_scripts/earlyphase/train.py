@@ -40,6 +40,11 @@ class Interrupted(RuntimeError):
 @dataclass(frozen=True)
 class RunOptions:
     seed: int  # replicate seed: data order and augmentation derive from it
+    # Rewinding (OpenLTH's lottery/runner.py + training/train.py start_step): the absolute
+    # iteration the start state stands at. The run trains steps start_iteration .. total with the
+    # learning rate, data order and augmentation those steps have in a run from 0 (a fresh
+    # optimizer, as the framework makes one per level); evaluations keep absolute iterations.
+    start_iteration: int = 0
     eval_iterations: Sequence[int] = ()  # evaluate on the test set after these many steps
     snapshot_iterations: Sequence[
         int
@@ -182,8 +187,17 @@ def train(
     bad = [k for k in opts.snapshot_iterations if not 0 <= k <= total]
     if bad:
         raise ValueError(f"snapshot iterations {bad} lie outside this run's 0..{total} iterations")
+    start = int(opts.start_iteration)
+    if not 0 <= start < total:
+        raise ValueError(
+            f"start iteration {start} must lie in 0..{total - 1}: a run of {total} iterations "
+            "has no steps left after it (a rewind point or pre-training too long for the schedule)"
+        )
+    bad = [k for k in opts.snapshot_iterations if k < start]
+    if bad:
+        raise ValueError(f"snapshot iterations {bad} precede this run's start iteration {start}")
     snapshot_at = set(opts.snapshot_iterations)
-    eval_at = {i for i in opts.eval_iterations if 0 <= i <= total} | {total}
+    eval_at = {i for i in opts.eval_iterations if start <= i <= total} | {start, total}  # OpenLTH evaluates at its start step too
 
     optimizer = sgd(model.parameters(), hp)
     mparams, mmasks = masked_parameters(model, mask)
@@ -194,11 +208,12 @@ def train(
     # Everything that shapes the trajectory: a resume state from other settings must not be used.
     fingerprint = repr(
         (hp.to_dict(), opts.seed, sorted(eval_at), sorted(snapshot_at), opts.eval_subset,
-         opts.eval_subset_until, sorted(mask) if mask else None, total)
+         opts.eval_subset_until, sorted(mask) if mask else None, total, start)
     )  # fmt: skip
     metrics = Metrics()
     snapshots: dict[int, str] = {}
-    it = last_log_it = 0
+    it = last_log_it = start
+    resumed = False
     loss_acc = torch.zeros((), device=device, dtype=torch.float32)
     if resume_path.exists():
         state = torch.load(resume_path, map_location=device, weights_only=True)
@@ -216,6 +231,7 @@ def train(
         last_log_it = int(state["last_log_it"])
         if recorder is not None:
             recorder.load_state_dict(state["telemetry"], device)
+        resumed = True
         log(f"resumed from {resume_path} at iteration {it}/{total}")
 
     def save_resume():
@@ -265,12 +281,21 @@ def train(
             raise NonFiniteLoss(f"test loss is {loss} at iteration {it}: training diverged")
         log(f"iter {it:>7}/{total}  test loss {loss:.4f}  acc {acc:.4f}")
 
-    if it == 0:
-        if recorder is not None and recorder.wants(0):
-            recorder.on_state(0)
-        if 0 in snapshot_at:
+    if recorder is not None:
+
+        def sample_loss(x, y):
+            with _autocast(device):
+                return F.cross_entropy(forward(normalise(x)), y)
+
+        recorder.attach(sample_loss)
+    if not resumed:
+        if start:
+            log(f"rewound: steps {start}..{total} of the schedule ({total - start} iterations)")
+        if recorder is not None and recorder.wants(start):
+            recorder.on_state(start)
+        if start in snapshot_at:
             snapshot()
-        if 0 in eval_at:
+        if start in eval_at:
             run_eval()
 
     draw, draw_epoch = None, -1

@@ -10,11 +10,11 @@ from pipeline_scripts.earlyphase import cost
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# snakemake -n, default config.yaml: 16,893 jobs in total.
+# snakemake -n, default config.yaml: 17,243 jobs in total.
 PAPER_RULES = {
     "train_dense": 25,
     "train_imp_level": 9100,
-    "train_perturbed": 5250,
+    "train_perturbed": 5600,
     "pretrain": 500,
     "train_from_pretrained": 500,
     "sparse_pretext": 525,
@@ -36,8 +36,8 @@ def paper():
 
 def test_paper_protocol_job_counts_match_snakemake(paper):
     assert paper["training_jobs_by_rule"] == PAPER_RULES
-    assert paper["training_jobs"] == sum(PAPER_RULES.values()) == 16_775
-    assert paper["total_jobs"] == 16_893
+    assert paper["training_jobs"] == sum(PAPER_RULES.values()) == 17_125
+    assert paper["total_jobs"] == 17_243
 
 
 def test_paper_protocol_iterations(paper):
@@ -45,7 +45,13 @@ def test_paper_protocol_iterations(paper):
     ipe = 391  # ceil(50,000 / 128)
     per_seed = 160 * (4 * ipe + 782)  # four networks at batch 128, VGG-13 at batch 64
     assert fams["dense"]["iterations"] == 5 * per_seed
-    assert fams["imp"]["iterations"] == 5 * 6 * 14 * per_seed
+    # Rewound to k, a level trains steps k..T (OpenLTH): 5 networks x (T - k) per chain.
+    rewinds = (0, 100, 250, 500, 1000, 2000)
+    assert fams["imp"]["iterations"] == 5 * 14 * sum(per_seed - 5 * k for k in rewinds)
+    # A chain from E epochs of pre-training trains epochs E..160 (level 0 and every level).
+    per_seed_after = sum(160 - e for e in (2, 5, 10, 20, 40)) * (4 * ipe + 782)
+    assert fams["imp_pretrained"]["iterations"] == 5 * 4 * 14 * per_seed_after
+    assert fams["from_pretrained"]["iterations"] == 5 * 4 * per_seed_after
     # Pre-training: 2, 5, 10, 20, 40 epochs; VGG-13 (batch 64) takes 782 steps per epoch.
     per_seed_task = sum((2, 5, 10, 20, 40)) * (4 * ipe + 782)
     assert fams["pretrain"]["iterations"] == 5 * 4 * per_seed_task
@@ -84,6 +90,20 @@ def test_device_hours_follow_the_formula(tmp_path):
     assert est["device_hours"] == pytest.approx((2 * 2560 / 100 + 900 / 400) / 3600)
     text = cost.report(est, "test device")
     assert "test device" in text and "training total" in text
+
+
+@pytest.mark.parametrize(("schedule", "iterations"), [("framework", 20 - 4), ("restart", 20)])
+def test_rewound_jobs_are_costed_from_k(tmp_path, schedule, iterations):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "networks: [resnet20]\nseeds: [1]\ndata: {n_train: 1280, n_test: 100}\n"
+        "training: {defaults: {epochs: 2, milestones: []}}\n"
+        "imp: {rewind_iterations: [4], levels: 1}\ndense: {checkpoint_iterations: [0, 4]}\n"
+        f"rewinding: {{schedule: {schedule}}}\n"
+        "perturb: {run: []}\npretrain: {tasks: [], sparse: {kinds: []}}\n"
+    )
+    imp = cost.estimate(cost.load_config([cfg]))["families"]["imp"]
+    assert imp["iterations"] == iterations and imp["images"] == iterations * 128
 
 
 def test_missing_benchmark_is_reported_not_guessed(paper):

@@ -60,7 +60,8 @@ def test_recorder_quantities_match_direct_computation(tmp_path):
         for t, w in enumerate(seq):
             for key, value in _direct(w, seq[0]).items():
                 assert f[key][t] == pytest.approx(float(value), rel=1e-5), (key, t)
-            assert f["grad_norm"][t] == pytest.approx(float(grads[t].norm()), rel=1e-5)
+            assert f["grad_norm_step"][t] == pytest.approx(float(grads[t].norm()), rel=1e-5)
+            assert np.isnan(f["grad_norm"][t])  # no fixed sample given: nothing measured
             np.testing.assert_allclose(
                 f["ten_weights"][t], w[f["ten_index"][()]].numpy(), rtol=1e-6
             )
@@ -71,6 +72,60 @@ def test_recorder_quantities_match_direct_computation(tmp_path):
     other = telemetry.Recorder(model, names, [0], seed=4, snapshot_path=tmp_path / "v.h5")
     assert torch.equal(again.ten_index, rec.ten_index)
     assert not torch.equal(other.ten_index, rec.ten_index)
+
+
+class TinyBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).relu().mean((2, 3)))
+
+
+def test_sample_gradient_is_the_mean_batch_norm_and_leaves_training_untouched(tmp_path):
+    """grad_norm = mean over the fixed sample's mini-batches of ||g_b|| over the telemetry weights;
+    grad_norm_full = ||mean_b g_b||; BatchNorm's running statistics and every .grad unchanged."""
+    torch.manual_seed(0)
+    model = TinyBN().train()
+    names = ["conv.weight", "fc.weight"]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 5, (10,), generator=g)
+
+    def loss_fn(xb, yb):
+        return torch.nn.functional.cross_entropy(model(xb.float() / 255), yb)
+
+    rec = telemetry.Recorder(model, names, [0], seed=0, snapshot_path=tmp_path / "t.h5",
+                             grad_sample=(x, y), grad_batch=4)  # fmt: skip
+    rec.attach(loss_fn)
+    model.conv.weight.grad = torch.ones_like(model.conv.weight)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    rec.on_state(0)
+    rec.write()
+    for k, v in model.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    assert torch.equal(model.conv.weight.grad, torch.ones_like(model.conv.weight))
+    params = [dict(model.named_parameters())[n] for n in names]
+    flat = []
+    for i in (0, 4, 8):  # batches of 4, 4 and the partial 2
+        gs = torch.autograd.grad(loss_fn(x[i : i + 4], y[i : i + 4]), params)
+        flat.append(torch.cat([t.reshape(-1) for t in gs]))
+    with h5py.File(tmp_path / "t.h5") as f:
+        assert f["grad_norm"][0] == pytest.approx(float(torch.stack([v.norm() for v in flat]).mean()), rel=1e-5)
+        assert f["grad_norm_full"][0] == pytest.approx(float(torch.stack(flat).mean(0).norm()), rel=1e-5)
+        assert f["grad_norm_full"][0] < f["grad_norm"][0]  # the noise part is gone
+
+
+def test_grad_sample_is_fixed_by_the_seed(tiny_data):
+    a = telemetry.grad_sample(tiny_data, 32, seed=1)
+    b = telemetry.grad_sample(tiny_data, 32, seed=1)
+    c = telemetry.grad_sample(tiny_data, 32, seed=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape[0] == 32
+    assert not torch.equal(a[0], c[0])
+    assert telemetry.grad_sample(tiny_data, 0, seed=1) is None
 
 
 def test_final_relative_matches_direct_computation():
@@ -111,18 +166,29 @@ def tiny_data(tmp_path_factory):
     return data.load(path)
 
 
-def _run(ds, work, batch_fn=None, checkpoint_seconds=1e9):
+def _run(ds, work, batch_fn=None, checkpoint_seconds=1e9, record=True):
     model = models.build("resnet8_w4")
     models.initialise(model, rng.generator(1, "init"))
     names = models.prunable(model, "resnet8_w4")
     points = telemetry.schedule(12, 4, 8)
     work.mkdir(parents=True, exist_ok=True)
-    rec = telemetry.Recorder(model, names, points, 1, work / "telemetry.h5")
+    rec = telemetry.Recorder(model, names, points, 1, work / "telemetry.h5",
+                             grad_sample=telemetry.grad_sample(ds, 48, 1), grad_batch=32)  # fmt: skip
     hp = TrainingHparams(batch_size=32, epochs=3, milestones=())
     opts = train.RunOptions(seed=1, log_every=4, eval_iterations=points, batch_fn=batch_fn,
                             checkpoint_seconds=checkpoint_seconds)  # fmt: skip
-    train.train(model, ds, hp, opts, workdir=work, log=lambda s: None, recorder=rec)
+    train.train(model, ds, hp, opts, workdir=work, log=lambda s: None,
+                recorder=rec if record else None)  # fmt: skip
+    rec.model_state = model.state_dict()
     return rec
+
+
+def test_sample_gradients_do_not_change_training(tiny_data, tmp_path):
+    with_rec = _run(tiny_data, tmp_path / "a")
+    without = _run(tiny_data, tmp_path / "b", record=False)
+    for k, v in with_rec.model_state.items():
+        assert torch.equal(v, without.model_state[k]), k
+    assert np.isfinite(with_rec.values["grad_norm"].numpy()).all()  # every point, the last too
 
 
 def test_resumed_telemetry_equals_uninterrupted(tiny_data, tmp_path):

@@ -52,6 +52,9 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
                         0.8**level, abs=2e-3
                     )
                     assert f.attrs["rewind_iteration"] == k
+                    # rewound as OpenLTH does: steps k..T of the dense run's schedule (T = 16)
+                    assert f.attrs["start_iteration"] == k and f["eval/iteration"][0] == k
+                    assert f.attrs["total_iterations"] == 16
     with h5py.File(res / "resnet8_w4" / "summary" / "imp.h5") as f:
         assert set(f["series"]) == {"dense", "rewind0", "rewind4"}
         assert f["series/rewind4/accuracy"].shape == (2, 2)  # levels x seeds
@@ -70,11 +73,17 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
     branch = res / "resnet8_w4" / "seed1" / "perturb" / "rewind4" / "level2" / "noise_1"
     with h5py.File(branch / "metrics.h5") as f:
         assert f.attrs["effective_std"] > 0 and f.attrs["perturbation_family"] == "noise"
+        assert f.attrs["start_iteration"] == 4
     # Pre-trained chains: level 0 trains the unpruned network from the pre-trained state
     chain = res / "resnet8_w4" / "seed1" / "imp" / "pretrain" / "rotation" / "e1"
     assert (chain / "level0" / "final.pt").is_file() and (chain / "level2" / "mask.pt").is_file()
     with h5py.File(chain / "level1" / "metrics.h5") as f:
         assert f.attrs["init"].endswith("pretrain/rotation/e1/state.pt")
+        assert f.attrs["start_iteration"] == 8  # 1 epoch of pre-training = the first 8 steps
+    sparse = res / "resnet8_w4" / "seed1" / "sparse" / "rewind4" / "level2"
+    for kind, start, first in (("random", "scratch", 4), ("random", "pretrained", 4 + 8)):
+        with h5py.File(sparse / kind / start / "metrics.h5") as f:
+            assert f.attrs["start_iteration"] == first, (kind, start)
     with h5py.File(res / "resnet8_w4" / "summary" / "sparse_pretrain.h5") as f:
         assert {"imp_scratch", "imp_pretrained", "reinit_pretrained", "random_scratch"} <= set(
             f["series"]
@@ -137,7 +146,7 @@ def test_default_config_plans_the_paper_dag(tmp_path):
     assert (
         counts["train_imp_level"] == runs * (6 + pretrained_chains) * 14
     )  # rewind points x levels
-    assert counts["train_perturbed"] == runs * 2 * 7 * 15  # k x levels x variants
+    assert counts["train_perturbed"] == runs * 2 * 7 * 16  # k x levels x variants
     assert counts["pretrain"] == counts["train_from_pretrained"] == runs * pretrained_chains
     assert counts["sparse_pretext"] == runs * 7 * 3 and counts["sparse_train"] == runs * 7 * 5
     assert counts["figure1"] == counts["figure9"] == counts["figure10"] == 5
