@@ -58,8 +58,10 @@ def grad_sample(ds, size: int, seed: int) -> tuple | None:
     if size <= 0:
         return None
     n = ds.train_x.shape[0]
+    # In random order, not sorted: data files may be stored class by class (image folders), and a
+    # mini-batch of neighbouring indices would then hold one or two classes, not a training batch.
     pick = torch.randperm(n, generator=rng.generator(seed, "telemetry_grad_sample"))[: min(size, n)]
-    pick = pick.sort().values.to(ds.train_x.device)
+    pick = pick.to(ds.train_x.device)
     return ds.train_x[pick], ds.train_y[pick]
 
 

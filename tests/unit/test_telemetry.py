@@ -128,6 +128,19 @@ def test_grad_sample_is_fixed_by_the_seed(tiny_data):
     assert telemetry.grad_sample(tiny_data, 0, seed=1) is None
 
 
+def test_grad_sample_batches_mix_classes_of_a_class_sorted_file():
+    """Image-folder data files are stored class by class; the sample keeps its random order, so
+    each of its mini-batches is a mix of classes like a training batch (sorted indices would give
+    single-class batches and gradients ~3x too large: measured on the timeline preset)."""
+    from types import SimpleNamespace
+
+    y = torch.arange(10).repeat_interleave(500)  # 5,000 images, class-sorted
+    ds = SimpleNamespace(train_x=torch.zeros(5000, 3, 2, 2, dtype=torch.uint8), train_y=y)
+    _, ys = telemetry.grad_sample(ds, 2048, seed=1)
+    for i in range(0, 2048, 128):
+        assert len(torch.unique(ys[i : i + 128])) >= 8
+
+
 def test_final_relative_matches_direct_computation():
     g = np.random.default_rng(0)
     snaps = g.standard_normal((5, 100)).astype(np.float16)
