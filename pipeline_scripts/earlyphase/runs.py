@@ -290,7 +290,9 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "data_file": str(job.data_path),
+        # recomputed from the arrays this job loaded and checked against the file (data.load)
         "data_sha256_train": p.ds.provenance.get("sha256_train_images", ""),
+        "data_sha256": p.ds.provenance.get("sha256_content", ""),
         "init": job.init or f"random(seed={job.seed})",
         "total_iterations": p.total,
         "iterations_per_epoch": p.ipe,
