@@ -256,6 +256,39 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
     )  # fmt: skip
 
 
+def tensors_sha256(tensors: dict | None) -> str:
+    """sha256 of named tensors' contents (names, dtypes, shapes, bytes), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors or {}):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def run_identity(p: Prepared) -> str:
+    """What makes this run this run, beyond train.train's own settings: the contents of the start
+    weights (after initialisation or checkpoint, perturbation and pretext head) and of the mask,
+    the perturbation and its random key, the task, the verified data content, network, seed and
+    hyperparameters. Call it before training (the model trains in place); ``train`` folds it
+    into its resume fingerprint, so a state saved under any other start is never continued."""
+    job = p.job
+    parts = (
+        tensors_sha256(p.model.state_dict()),
+        tensors_sha256(p.mask),
+        tensors_sha256(p.train_mask),
+        job.perturbation,
+        job.perturb_key,
+        job.task,
+        job.init_purpose,
+        p.ds.provenance.get("sha256_content", ""),
+        job.network,
+        job.seed,
+        p.hp.to_dict(),
+    )
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def describe(p: Prepared) -> str:
     return (
         f"{p.job.network} seed {p.job.seed}: {p.total} iterations ({p.ipe}/epoch) on {p.dev}, "
@@ -321,13 +354,26 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         sparsity=prune.counts(p.mask) if p.mask else None,
         init_std=p.init_std if job.init is None else None,
     )
-    shutil.rmtree(job.workdir, ignore_errors=True)
+    _clean_workdir(Path(job.workdir))
     log(
         f"done: {job.network} seed {job.seed} final test accuracy "
         f"{metrics.eval_accuracy[-1]:.4f}, "
         f"{metrics.images / max(metrics.train_seconds, 1e-9):.0f} img/s"
     )
     return attrs
+
+
+def _clean_workdir(workdir: Path) -> None:
+    """Remove a finished job's workdir, except resume states set aside as stale (evidence)."""
+    if not workdir.is_dir():
+        return
+    stale = [p for p in workdir.iterdir() if ".stale-" in p.name]
+    if not stale:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for p in workdir.iterdir():
+        if p not in stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def run(job: Job, log: Callable[[str], None] = print) -> dict:
@@ -347,6 +393,7 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
         network=job.network,
         log=log,
         recorder=p.recorder,
+        identity=run_identity(p),
     )
     return finish(p, result.metrics, result.snapshots, started, log)
 
