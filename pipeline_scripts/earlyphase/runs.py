@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from . import (
     checkpoint,
     data,
     device,
+    identity,
     models,
     perturb,
     prune,
@@ -98,16 +100,27 @@ def eval_schedule(total: int, ipe: int, every_epochs: float, extra=()) -> list[i
     return sorted(set(range(0, total + 1, step)) | {total} | {i for i in extra if 0 <= i <= total})
 
 
+def _checkpoint_of(job: Job, path: str) -> dict:
+    """Load a checkpoint this job reads and check it belongs to the job's run: the network, the
+    seed (files that record one) and, for a dense snapshot ``iter<k>.pt``, iteration k."""
+    ck = checkpoint.load(path)
+    recorded = {"network": ck["network"], **ck.get("meta", {}), "iteration": ck["iteration"]}
+    expected = {"network": job.network} if ck["network"] else {}
+    if "seed" in ck.get("meta", {}):
+        expected["seed"] = job.seed
+    snapshot = re.fullmatch(r"iter(\d+)\.pt", Path(path).name)
+    if snapshot:
+        expected["iteration"] = int(snapshot[1])
+    identity.check(path, recorded, expected, f"{job.network} seed {job.seed}")
+    return ck
+
+
 def build_start(job: Job, dev: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model at its starting state; returns (model, init_std per layer)."""
     model = models.build(job.network)
     init_std = models.initialise(model, rng.generator(job.seed, job.init_purpose))
     if job.init is not None:
-        ck = checkpoint.load(job.init)
-        if ck["network"] and ck["network"] != job.network:
-            raise ValueError(
-                f"{job.init} holds a {ck['network']} but this job trains {job.network}"
-            )
+        ck = _checkpoint_of(job, job.init)
         model.load_state_dict(ck["state_dict"])
     return model.to(dev), init_std
 
@@ -158,16 +171,19 @@ def apply_perturbation(job: Job, model, mask: dict, init_std: dict) -> dict:
 
 def make_mask(job: Job, model) -> dict | None:
     if job.random_mask_like is not None:
-        like = prune.load(job.random_mask_like)
+        like = prune.load(job.random_mask_like, level=job.level, seed=job.seed)
         return prune.random_like(like, rng.generator(job.seed, "random_mask", job.level))
     if job.mask_in is not None:
-        return prune.load(job.mask_in)
+        return prune.load(job.mask_in, level=job.level, seed=job.seed)
     if job.prune_from is None:
         return None
     prev_weights, prev_mask = job.prune_from
-    weights = checkpoint.load(prev_weights)["state_dict"]
+    weights = _checkpoint_of(job, prev_weights)["state_dict"]
     names = models.prunable(model, job.network, job.prune_exclude)
-    mask = prune.load(prev_mask) if prev_mask else prune.full_mask(weights, names)
+    if prev_mask:
+        mask = prune.load(prev_mask, level=job.level - 1, seed=job.seed)
+    else:
+        mask = prune.full_mask(weights, names)
     return prune.global_magnitude(weights, mask, job.prune_fraction)
 
 

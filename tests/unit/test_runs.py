@@ -51,7 +51,7 @@ def test_perturbation_touches_only_kept_prunable_weights(setup):
     attrs, start, out = _branch(
         root, "noise", init=str(root / "dense" / "iter2.pt"), mask_in=str(root / "mask.pt"),
         perturbation={"kind": "noise", "scale": 1.0}, perturb_init0=str(root / "dense/iter0.pt"),
-        perturb_key="noise_1",
+        perturb_key="noise_1", level=3,
     )  # fmt: skip
     k2 = checkpoint.load(root / "dense" / "iter2.pt")["state_dict"]
     for name, value in k2.items():
@@ -151,10 +151,14 @@ def test_group_of_runs_writes_what_separate_runs_write(setup, kind):
         specs = [
             dict(seed=1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
                  perturbation={"kind": "noise", "scale": 1.0}, perturb_key="noise_1",
-                 perturb_init0=str(dense / "iter0.pt")),
+                 perturb_init0=str(dense / "iter0.pt"), level=3),
             dict(seed=2, init=str(dense / "iter2.pt"),
-                 prune_from=(str(dense / "final.pt"), None), level=1),
+                 prune_from=(str(dense / "final_seed2.pt"), None), level=1),
         ]  # fmt: skip
+        # seed 1's final weights, saved as seed 2's (a job checks the seed of what it prunes)
+        ck = checkpoint.load(dense / "final.pt")
+        checkpoint.save(dense / "final_seed2.pt", ck["state_dict"], iteration=ck["iteration"],
+                        network=NET, meta={**ck["meta"], "seed": 2})  # fmt: skip
     outs = {}
     for mode in ("alone", "group"):
         jobs = []
@@ -233,7 +237,7 @@ def _noise_job(root, name, scale=1.0):
     return _job(
         root, name, 1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
         perturbation={"kind": "noise", "scale": scale}, perturb_key="noise",
-        perturb_init0=str(dense / "iter0.pt"),
+        perturb_init0=str(dense / "iter0.pt"), level=3,
     )  # fmt: skip
 
 
