@@ -22,7 +22,9 @@ _SCHEMA = os.path.join(workflow.basedir, "config.schema.yaml")
 with open(_SCHEMA) as _f:
     config_check.coerce(config, yaml.safe_load(_f))
 validate(config, _SCHEMA, set_default=True)
-config_check.check(config, cache_dir=".snakemake")  # the run directory's Snakemake metadata
+# (registry checks in a child process: torch stays out of the planning process; their success
+# is remembered in the run directory's .snakemake/)
+config_check.check(config, cache_dir=".snakemake", isolate=True)
 
 
 NETWORKS = config["networks"]

@@ -143,7 +143,7 @@ def apply_perturbation(job: Job, model, mask: dict, init_std: dict) -> dict:
     w_k = masked(state)
     sources = perturb.Sources(
         weights_k=w_k,
-        weights_0=masked(checkpoint.load(job.perturb_init0)["state_dict"])
+        weights_0=masked(_checkpoint_of(job, job.perturb_init0)["state_dict"])
         if job.perturb_init0
         else None,
         fresh=masked(fresh.state_dict()),
@@ -388,8 +388,12 @@ def _clean_workdir(workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         return
     for p in workdir.iterdir():
-        if p not in stale:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p in stale:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def run(job: Job, log: Callable[[str], None] = print) -> dict:

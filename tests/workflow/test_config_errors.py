@@ -148,6 +148,21 @@ def test_malformed_config_is_refused_naming_the_key(case):
     assert needle in text, text
 
 
+def test_registry_checks_in_a_child_process_and_their_cache(tmp_path):
+    """rules/common.smk runs the registry checks in a child process (torch stays out of the
+    planning process) and remembers a success, never a failure, in the run's .snakemake/."""
+    config = plan_checks()
+    config_check.check(config, cache_dir=tmp_path, isolate=True)
+    assert len(list((tmp_path / "earlyphase-config-check").iterdir())) == 1
+    bad = plan_checks()
+    bad["networks"] = ["resnet999"]
+    for _ in range(2):  # not cached
+        with pytest.raises(config_check.ConfigError, match="6n\\+2") as err:
+            config_check.check(bad, cache_dir=tmp_path, isolate=True)
+        assert err.value.key == "networks"
+    assert len(list((tmp_path / "earlyphase-config-check").iterdir())) == 1
+
+
 @pytest.mark.parametrize("case", THROUGH_SNAKEMAKE)
 def test_malformed_config_fails_snakemake_dry_run(tmp_path, case):
     overlay, args, needle = CASES[case]
