@@ -7,6 +7,7 @@ log = open_log(snakemake)  # noqa: F821 - injected by Snakemake
 from pipeline_scripts.earlyphase import claims  # noqa: E402
 
 smk = snakemake  # noqa: F821
+claims.check_dense_runs(smk.params.layout, list(smk.input.files))
 files = claims.from_layout(smk.params.layout, list(smk.input.files))
 settings = dict(smk.params.settings)
 rows, scales = claims.build_claims(

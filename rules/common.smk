@@ -4,14 +4,27 @@
 
 import os
 import re
+import sys
 
+import yaml
 from snakemake.utils import validate
 
-validate(config, workflow.source_path("../config.schema.yaml"), set_default=True)
+if workflow.basedir not in sys.path:  # the package, also when snakemake runs from elsewhere
+    sys.path.insert(0, workflow.basedir)
+from pipeline_scripts.earlyphase import config_check
 
-
-def _config_error(key, message):
-    raise ValueError(f"config key {key}: {message}")
+# Planning-time checks (issue 13): numbers typed on the command line become numbers, the schema
+# checks types, ranges, unknown keys and duplicates, and config_check everything else that can be
+# seen before a job runs (network, task and perturbation names and parameters against their
+# registries, empty lists that would leave a figure empty, iterations beyond the training length,
+# path-spelling collisions). Each error names the config key.
+_SCHEMA = os.path.join(workflow.basedir, "config.schema.yaml")
+with open(_SCHEMA) as _f:
+    config_check.coerce(config, yaml.safe_load(_f))
+validate(config, _SCHEMA, set_default=True)
+# (registry checks in a child process: torch stays out of the planning process; their success
+# is remembered in the run directory's .snakemake/)
+config_check.check(config, cache_dir=".snakemake", isolate=True)
 
 
 NETWORKS = config["networks"]
@@ -26,69 +39,19 @@ PLOTS_CODE = os.path.join(
     workflow.basedir, "pipeline_scripts", "earlyphase", "plots.py"
 )
 
-if sorted(set(IMP_REWINDS) - set(DENSE_CKPTS)):
-    _config_error(
-        "imp.rewind_iterations",
-        f"{sorted(set(IMP_REWINDS) - set(DENSE_CKPTS))} are not in dense.checkpoint_iterations "
-        f"{DENSE_CKPTS}; add them there (the dense runs must keep those weights).",
-    )
-if config["data"]["source"] == "imagefolder" and not config["data"]["path"]:
-    _config_error(
-        "data.path",
-        "data.source is imagefolder, so data.path must name a directory or .tar.gz",
-    )
-
 # ---- perturbations (Section 5): a catalogue of variants and the list that runs ----------------
 PERTURB = config["perturb"]
 PERTURB_REWINDS = sorted(PERTURB["rewind_iterations"])
 PERTURB_LEVELS = sorted(PERTURB["levels"])
-if sorted(set(PERTURB["run"] or []) - set(PERTURB["variants"])):
-    _config_error(
-        "perturb.run",
-        f"{sorted(set(PERTURB['run']) - set(PERTURB['variants']))} are not defined under "
-        f"perturb.variants ({sorted(PERTURB['variants'])})",
-    )
-VARIANTS = {  # mappings merge across config overlays, lists replace: `run` narrows the catalogue
-    name: spec
-    for name, spec in PERTURB["variants"].items()
-    if PERTURB["run"] is None or name in PERTURB["run"]
-}
-if VARIANTS:
-    if sorted(set(PERTURB_REWINDS) - set(IMP_REWINDS)):
-        _config_error(
-            "perturb.rewind_iterations",
-            f"{PERTURB_REWINDS} must all be in imp.rewind_iterations {IMP_REWINDS} "
-            "(a branch perturbs that IMP chain's sub-network)",
-        )
-    if max(PERTURB_LEVELS + [PERTURB["figure8_level"]]) > IMP["levels"]:
-        _config_error("perturb.levels", f"levels above imp.levels ({IMP['levels']})")
-    if 0 not in DENSE_CKPTS:
-        _config_error(
-            "dense.checkpoint_iterations", "must contain 0 (perturbations use it)"
-        )
+VARIANTS = config_check.running_variants(config)  # `run` narrows the catalogue (lists replace)
 
 # ---- pre-training (Section 6) -------------------------------------------------------------------
 PRETRAIN = config["pretrain"]
 PRE_TASKS = PRETRAIN["tasks"]
 PRE_EPOCHS = [
     f"{e:g}" for e in PRETRAIN["epochs"]
-]  # path spelling: 40 -> "40", 0.5 -> "0.5"
+]  # path spelling: 40 -> "40", 0.5 -> "0.5" (config_check refuses collisions)
 SPARSE = PRETRAIN["sparse"]
-if PRE_TASKS and sorted(set(PRETRAIN["reference_rewinds"]) - set(IMP_REWINDS)):
-    _config_error(
-        "pretrain.reference_rewinds",
-        f"each must be in imp.rewind_iterations {IMP_REWINDS}",
-    )
-if SPARSE["kinds"]:
-    if SPARSE["rewind_iteration"] not in IMP_REWINDS:
-        _config_error(
-            "pretrain.sparse.rewind_iteration",
-            f"must be in imp.rewind_iterations {IMP_REWINDS}",
-        )
-    if max(SPARSE["levels"]) > IMP["levels"]:
-        _config_error(
-            "pretrain.sparse.levels", f"levels above imp.levels ({IMP['levels']})"
-        )
 
 
 wildcard_constraints:

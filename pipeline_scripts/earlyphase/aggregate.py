@@ -28,7 +28,7 @@ import json
 import h5py
 import numpy as np
 
-from . import metrics
+from . import identity, metrics
 from .atomic import atomic_path
 
 SCHEMA = "earlyphase-summary/1"
@@ -45,12 +45,14 @@ def _check_series_name(name) -> None:
         )
 
 
-def _run_numbers(path: str, extra: tuple = ()) -> tuple[float, float, list]:
-    """(final test accuracy fraction, weights remaining fraction, [extra attrs]) of one run."""
+def _run_numbers(path: str, extra: tuple = (), expect: dict | None = None, read_for: str = ""):
+    """(final test accuracy fraction, weights remaining fraction, [extra attrs]) of one run, after
+    checking that the file records the identity ``expect`` (identity.check)."""
     try:
         attrs = metrics.read_attrs(path)
     except (OSError, KeyError) as e:  # missing file, not HDF5 at all
         raise ValueError(f"{path} is not a readable {metrics.SCHEMA} metrics file ({e})") from e
+    identity.check(path, attrs, expect or {}, read_for)
     try:
         acc = float(attrs["final_test_accuracy"])
         remaining = float(attrs["weights_remaining_fraction"])
@@ -74,12 +76,17 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
     ``extra`` names further numeric root attributes of the metrics files (e.g. the perturbations'
     ``effective_std``) to gather as ``/series/<name>/<attr>`` (levels x seeds, NaN where absent).
 
+    Every file must record the seed and level of its entry, and what the entry's optional
+    ``expect`` dict names (network, experiment, series, rewind_iteration: ``identity.from_path``).
+
     Raises ValueError for an invalid series name, a (series, level, seed) given twice (naming both
-    files), or a path that is not a metrics file with a final test accuracy (naming it).
+    files), a path that is not a metrics file with a final test accuracy (naming it), or a file
+    that records another run than the entry it is read for (naming both).
     """
     if not entries:
         raise ValueError("summarise needs at least one entry")
     cells: dict[str, dict[tuple[int, int], str]] = {}
+    expects: dict[str, dict] = {}
     for entry in entries:
         series, level, seed, path = entry["series"], entry["level"], entry["seed"], entry["path"]
         _check_series_name(series)
@@ -91,6 +98,7 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
                 f"{table[key]} and {path}"
             )
         table[key] = str(path)
+        expects[str(path)] = {**entry.get("expect", {}), "seed": key[1], "level": key[0]}
 
     seeds = sorted({seed for table in cells.values() for _, seed in table})
     column = {seed: j for j, seed in enumerate(seeds)}
@@ -103,7 +111,8 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
         paths = np.full(acc.shape, "", dtype=object)
         gathered = {name: np.full_like(acc, np.nan) for name in extra}
         for (level, seed), path in table.items():
-            a, r, values = _run_numbers(path, tuple(extra))
+            read_for = f"series {series!r} level {level} seed {seed}"
+            a, r, values = _run_numbers(path, tuple(extra), expects[path], read_for)
             i, j = row[level], column[seed]
             acc[i, j], remaining[i, j], paths[i, j] = 100.0 * a, 100.0 * r, path
             for name, value in zip(extra, values, strict=True):

@@ -36,7 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import aggregate, metrics, plots, telemetry
+from . import aggregate, identity, metrics, plots, telemetry
 from .atomic import atomic_path
 
 SCHEMA = "earlyphase-claims/1"
@@ -759,6 +759,15 @@ def from_layout(layout, paths) -> dict:
         else:
             raise ValueError(f"unknown claims input kind {kind!r}")
     return out
+
+
+def check_dense_runs(layout, paths) -> None:
+    """Every dense metrics file of the rule's inputs records the network/seed it is read for."""
+    for (kind, key), path in zip(layout, paths, strict=True):
+        if kind == "dense":
+            net, seed = str(key).split("/")
+            run = {"network": net, "seed": int(seed), "experiment": "dense", "series": "dense"}
+            identity.check(path, metrics.read_attrs(path), run, identity.describe(run))
 
 
 def build_claims(

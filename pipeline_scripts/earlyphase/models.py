@@ -211,6 +211,15 @@ def _lookup(name: str) -> tuple[_Family, re.Match]:
 # Public interface
 
 
+def check_name(name: str) -> None:
+    """Raise ValueError unless ``build(name)`` would succeed: the name must match a family and
+    its numbers must make that architecture (resnet{6n+2}, wrn{6n+4}_{K}). Builds on the meta
+    device (no memory, no random draws), so it is cheap enough for planning."""
+    family, m = _lookup(name)
+    with torch.device("meta"):
+        family.build(m, 10)
+
+
 def build(name: str, num_classes: int = 10) -> nn.Module:
     """The network called ``name`` with ``num_classes`` outputs (see ``KNOWN``).
 

@@ -95,11 +95,22 @@ def save(path: str | Path, mask: dict, *, level: int, meta: dict | None = None) 
     )
 
 
-def load(path: str | Path) -> dict[str, torch.Tensor]:
+def load(
+    path: str | Path, *, level: int | None = None, seed: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The mask saved at ``path``; with ``level`` / ``seed``, refuse a file that records another
+    level or seed (a mask copied from another run), naming both."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise checkpoint.CheckpointError(f"mask {path} does not exist") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise checkpoint.CheckpointError(f"{path} is not an {FORMAT} file; delete it and re-run")
+    recorded_seed = obj.get("meta", {}).get("seed")
+    for key, want, got in (("level", level, obj.get("level")), ("seed", seed, recorded_seed)):
+        if want is not None and got is not None and int(got) != int(want):
+            raise checkpoint.CheckpointError(
+                f"mask {path} records {key} {got} but is read as {key} {want}: it belongs to "
+                "another run. Delete it and re-run the job that makes it."
+            )
     return obj["mask"]

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from . import (
     checkpoint,
     data,
     device,
+    identity,
     models,
     perturb,
     prune,
@@ -102,16 +104,27 @@ def eval_schedule(total: int, ipe: int, every_epochs: float, extra=()) -> list[i
     return sorted(set(range(0, total + 1, step)) | {total} | {i for i in extra if 0 <= i <= total})
 
 
+def _checkpoint_of(job: Job, path: str) -> dict:
+    """Load a checkpoint this job reads and check it belongs to the job's run: the network, the
+    seed (files that record one) and, for a dense snapshot ``iter<k>.pt``, iteration k."""
+    ck = checkpoint.load(path)
+    recorded = {"network": ck["network"], **ck.get("meta", {}), "iteration": ck["iteration"]}
+    expected = {"network": job.network} if ck["network"] else {}
+    if "seed" in ck.get("meta", {}):
+        expected["seed"] = job.seed
+    snapshot = re.fullmatch(r"iter(\d+)\.pt", Path(path).name)
+    if snapshot:
+        expected["iteration"] = int(snapshot[1])
+    identity.check(path, recorded, expected, f"{job.network} seed {job.seed}")
+    return ck
+
+
 def build_start(job: Job, dev: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model at its starting state; returns (model, init_std per layer)."""
     model = models.build(job.network)
     init_std = models.initialise(model, rng.generator(job.seed, job.init_purpose))
     if job.init is not None:
-        ck = checkpoint.load(job.init)
-        if ck["network"] and ck["network"] != job.network:
-            raise ValueError(
-                f"{job.init} holds a {ck['network']} but this job trains {job.network}"
-            )
+        ck = _checkpoint_of(job, job.init)
         model.load_state_dict(ck["state_dict"])
     return model.to(dev), init_std
 
@@ -134,7 +147,7 @@ def apply_perturbation(job: Job, model, mask: dict, init_std: dict) -> dict:
     w_k = masked(state)
     sources = perturb.Sources(
         weights_k=w_k,
-        weights_0=masked(checkpoint.load(job.perturb_init0)["state_dict"])
+        weights_0=masked(_checkpoint_of(job, job.perturb_init0)["state_dict"])
         if job.perturb_init0
         else None,
         fresh=masked(fresh.state_dict()),
@@ -162,16 +175,19 @@ def apply_perturbation(job: Job, model, mask: dict, init_std: dict) -> dict:
 
 def make_mask(job: Job, model) -> dict | None:
     if job.random_mask_like is not None:
-        like = prune.load(job.random_mask_like)
+        like = prune.load(job.random_mask_like, level=job.level, seed=job.seed)
         return prune.random_like(like, rng.generator(job.seed, "random_mask", job.level))
     if job.mask_in is not None:
-        return prune.load(job.mask_in)
+        return prune.load(job.mask_in, level=job.level, seed=job.seed)
     if job.prune_from is None:
         return None
     prev_weights, prev_mask = job.prune_from
-    weights = checkpoint.load(prev_weights)["state_dict"]
+    weights = _checkpoint_of(job, prev_weights)["state_dict"]
     names = models.prunable(model, job.network, job.prune_exclude)
-    mask = prune.load(prev_mask) if prev_mask else prune.full_mask(weights, names)
+    if prev_mask:
+        mask = prune.load(prev_mask, level=job.level - 1, seed=job.seed)
+    else:
+        mask = prune.full_mask(weights, names)
     return prune.global_magnitude(weights, mask, job.prune_fraction)
 
 
@@ -269,6 +285,39 @@ def start_iteration(job: Job, ipe: int) -> int:
     return int(job.start_iteration) + round(float(job.start_epochs) * ipe)
 
 
+def tensors_sha256(tensors: dict | None) -> str:
+    """sha256 of named tensors' contents (names, dtypes, shapes, bytes), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors or {}):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def run_identity(p: Prepared) -> str:
+    """What makes this run this run, beyond train.train's own settings: the contents of the start
+    weights (after initialisation or checkpoint, perturbation and pretext head) and of the mask,
+    the perturbation and its random key, the task, the verified data content, network, seed and
+    hyperparameters. Call it before training (the model trains in place); ``train`` folds it
+    into its resume fingerprint, so a state saved under any other start is never continued."""
+    job = p.job
+    parts = (
+        tensors_sha256(p.model.state_dict()),
+        tensors_sha256(p.mask),
+        tensors_sha256(p.train_mask),
+        job.perturbation,
+        job.perturb_key,
+        job.task,
+        job.init_purpose,
+        p.ds.provenance.get("sha256_content", ""),
+        job.network,
+        job.seed,
+        p.hp.to_dict(),
+    )
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def describe(p: Prepared) -> str:
     start = p.opts.start_iteration
     return (
@@ -305,7 +354,9 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "data_file": str(job.data_path),
+        # recomputed from the arrays this job loaded and checked against the file (data.load)
         "data_sha256_train": p.ds.provenance.get("sha256_train_images", ""),
+        "data_sha256": p.ds.provenance.get("sha256_content", ""),
         "init": job.init or f"random(seed={job.seed})",
         "total_iterations": p.total,
         "start_iteration": p.opts.start_iteration,
@@ -335,13 +386,30 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         sparsity=prune.counts(p.mask) if p.mask else None,
         init_std=p.init_std if job.init is None else None,
     )
-    shutil.rmtree(job.workdir, ignore_errors=True)
+    _clean_workdir(Path(job.workdir))
     log(
         f"done: {job.network} seed {job.seed} final test accuracy "
         f"{metrics.eval_accuracy[-1]:.4f}, "
         f"{metrics.images / max(metrics.train_seconds, 1e-9):.0f} img/s"
     )
     return attrs
+
+
+def _clean_workdir(workdir: Path) -> None:
+    """Remove a finished job's workdir, except resume states set aside as stale (evidence)."""
+    if not workdir.is_dir():
+        return
+    stale = [p for p in workdir.iterdir() if ".stale-" in p.name]
+    if not stale:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for p in workdir.iterdir():
+        if p in stale:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def run(job: Job, log: Callable[[str], None] = print) -> dict:
@@ -361,6 +429,7 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
         network=job.network,
         log=log,
         recorder=p.recorder,
+        identity=run_identity(p),
     )
     return finish(p, result.metrics, result.snapshots, started, log)
 

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import rng
+from . import identity, rng
 
 FORMAT = "earlyphase-telemetry/2"
 
@@ -222,18 +222,25 @@ def _atomic_h5(out_path, write) -> None:
         raise
 
 
-def finalise(raw_path, final_state: dict, metrics_path, out_path) -> dict:
+def finalise(
+    raw_path, final_state: dict, metrics_path, out_path, expect: dict | None = None
+) -> dict:
     """One run's complete telemetry: the raw series, final-relative distances and the test
-    accuracy/loss at every telemetry iteration. Returns the series as numpy arrays."""
+    accuracy/loss at every telemetry iteration. Returns the series as numpy arrays.
+    ``expect`` (network, seed, ...): the run both files must record (identity.check)."""
+    expect = expect or {}
+    run = {k: expect[k] for k in ("network", "seed") if k in expect}
     with h5py.File(raw_path, "r") as f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{raw_path} is not an {FORMAT} file; re-run its dense job")
+        identity.check(raw_path, _attrs(f), run, identity.describe(expect))
         out = {k: f[k][()] for k in f if k != "snapshots"}
         names = [n.decode() if isinstance(n, bytes) else n for n in out["param_names"]]
         w_final = torch.cat([final_state[n].reshape(-1).double() for n in names]).numpy()
         out.update(final_relative(f["snapshots"], w_final))
         attrs = dict(f.attrs)
     with h5py.File(metrics_path, "r") as f:
+        identity.check(metrics_path, _attrs(f), expect, identity.describe(expect))
         ev_it = f["eval/iteration"][()]
         first = {int(it): i for i, it in reversed(list(enumerate(ev_it)))}
         missing = [int(t) for t in out["iteration"] if int(t) not in first]
@@ -257,11 +264,19 @@ def finalise(raw_path, final_state: dict, metrics_path, out_path) -> dict:
     return out
 
 
+def _attrs(f: h5py.File) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
 def summarise(paths: list[str], out_path, network: str) -> dict:
-    """Mean and std (ddof=1; 0 for one seed) of every series across seeds, plus the timeline."""
+    """Mean and std (ddof=1; 0 for one seed) of every series across seeds, plus the timeline.
+    Each file must record ``network`` and the seed its path names (identity.from_path)."""
     runs = []
     for p in paths:
         with h5py.File(p, "r") as f:
+            run = {**identity.from_path(p), "network": network}
+            run = {k: run[k] for k in ("network", "seed") if k in run}
+            identity.check(p, _attrs(f), run, identity.describe(run))
             runs.append({**{k: f[k][()] for k in f}, "_final": float(f.attrs["final_test_accuracy"]),
                          "_seed": int(f.attrs["seed"])})  # fmt: skip
     its = runs[0]["iteration"]

@@ -161,6 +161,44 @@ def masked_step(optimizer, mparams: list, mmasks: list) -> None:
             torch._foreach_mul_(mparams, mmasks)
 
 
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<stem>.stale-<UTC time><suffix>`` beside it (never deleted: evidence)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = path.with_name(f"{path.stem}.stale-{stamp}{path.suffix}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.stem}.stale-{stamp}-{n}{path.suffix}"), n + 1
+    path.rename(target)
+    return target
+
+
+def _resume_state(path: Path, device, fingerprint: str, recorder, log) -> dict | None:
+    """The resume state at ``path`` if this very run saved it; else None, after moving a stale or
+    damaged file (and the telemetry snapshots saved with it) aside and logging why."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+            why = f"it is not an {RESUME_FORMAT} file"
+        elif state.get("fingerprint") != fingerprint:
+            why = (
+                "it was saved by a different run (hyperparameters, schedule, seed, start weights, "
+                "mask, perturbation, task or data changed since)"
+            )
+        else:
+            return state
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        why = f"it cannot be read ({type(e).__name__}: {e})"
+    moved = [set_aside(path)]
+    if recorder is not None and Path(recorder.path).exists():
+        moved.append(set_aside(Path(recorder.path)))
+    log(
+        f"NOT resuming from {path}: {why}. Moved it aside ({', '.join(m.name for m in moved)}, "
+        "kept as evidence) and starting this run afresh."
+    )
+    return None
+
+
 def train(
     model: torch.nn.Module,
     data: Dataset,
@@ -172,8 +210,14 @@ def train(
     network: str = "",
     log: Callable[[str], None] = print,
     recorder=None,
+    identity: str = "",
 ) -> TrainResult:
-    """Train ``model`` in place on ``data`` with SGD under ``mask``; see module docstring."""
+    """Train ``model`` in place on ``data`` with SGD under ``mask``; see module docstring.
+
+    ``identity`` names what the loop cannot see for itself (the start weights' and mask's
+    contents, perturbation, task, data; ``runs.run_identity``): a resume state saved under another
+    identity or settings, or a damaged one, is moved aside (``resume.stale-<time>.pt``) and the
+    run starts afresh, saying so in the log."""
     device = data.train_x.device
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -208,20 +252,15 @@ def train(
     # Everything that shapes the trajectory: a resume state from other settings must not be used.
     fingerprint = repr(
         (hp.to_dict(), opts.seed, sorted(eval_at), sorted(snapshot_at), opts.eval_subset,
-         opts.eval_subset_until, sorted(mask) if mask else None, total, start)
+         opts.eval_subset_until, sorted(mask) if mask else None, total, start, identity)
     )  # fmt: skip
     metrics = Metrics()
     snapshots: dict[int, str] = {}
     it = last_log_it = start
     resumed = False
     loss_acc = torch.zeros((), device=device, dtype=torch.float32)
-    if resume_path.exists():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fingerprint:
-            raise RuntimeError(
-                f"{resume_path} was saved by a run with other settings (hyperparameters, "
-                f"schedule, seed or mask); delete {workdir} to start this run afresh"
-            )
+    state = _resume_state(resume_path, device, fingerprint, recorder, log)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         it = int(state["iteration"])

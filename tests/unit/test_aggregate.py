@@ -153,3 +153,61 @@ def test_series_keep_the_order_of_the_entries(tmp_path):
     aggregate.summarise(entries, tmp_path / "s.h5")
     names = aggregate.series_names(aggregate.read_summary(tmp_path / "s.h5"))
     assert names == ["rewind500", "dense", "alpha"]
+
+
+# ---- identity: each file must be the run it is read for ------------------------------------------
+def _chain(root, seed, level, *, network="resnet20", k=0, accuracy=0.9):
+    path = root / "results" / network / f"seed{seed}" / "imp" / f"rewind{k}" / f"level{level}"
+    metrics.write_run(
+        path / "metrics.h5",
+        make_metrics(accuracy),
+        {"network": network, "seed": seed, "level": level, "weights_remaining_fraction": 0.8**level,
+         "experiment": "imp", "series": f"rewind{k}", "rewind_iteration": k},
+    )  # fmt: skip
+    return str(path / "metrics.h5")
+
+
+def _entries(paths_by_key):
+    from pipeline_scripts.earlyphase import identity
+
+    return [
+        {"series": "rewind0", "level": level, "seed": seed, "path": p,
+         "expect": {"network": "resnet20", **identity.from_path(p)}}
+        for (level, seed), p in paths_by_key.items()
+    ]  # fmt: skip
+
+
+def test_a_metrics_file_copied_over_another_runs_is_refused_naming_both(tmp_path):
+    """The issue's reproduction: seed 2's level-2 metrics.h5 copied over seed 1's; before, the
+    summary took it as seed 1's run (exit 0)."""
+    import shutil
+
+    paths = {
+        (lv, s): _chain(tmp_path, s, lv, accuracy=0.8 + s / 100) for lv in (1, 2) for s in (1, 2)
+    }
+    aggregate.summarise(_entries(paths), tmp_path / "ok.h5")  # the honest files pass
+    shutil.copy(paths[(2, 2)], paths[(2, 1)])
+    with pytest.raises(ValueError) as err:
+        aggregate.summarise(_entries(paths), tmp_path / "bad.h5")
+    message = str(err.value)
+    assert paths[(2, 1)] in message and "seed 2 (expected 1)" in message
+    assert "level 2 seed 1" in message and not (tmp_path / "bad.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "source, wrong",
+    [
+        (dict(level=1), "level 1 (expected 2)"),
+        (dict(network="vgg13"), "network 'vgg13' (expected 'resnet20')"),
+        (dict(k=500), "series 'rewind500' (expected 'rewind0')"),
+    ],
+)
+def test_a_file_of_another_level_network_or_chain_is_refused(tmp_path, source, wrong):
+    import shutil
+
+    other = _chain(tmp_path / "other", seed=1, **{"level": 2, **source})
+    target = _chain(tmp_path, 1, 2)
+    shutil.copy(other, target)
+    with pytest.raises(ValueError, match="records") as err:
+        aggregate.summarise(_entries({(2, 1): target}), tmp_path / "s.h5")
+    assert wrong in str(err.value) and target in str(err.value)

@@ -115,7 +115,7 @@ def telemetry_summary(root, grad_min_by_seed=(200, 200)) -> str:
         series = {"accuracy": acc, "sign_changed": signs, "grad_norm": grad}
         path = root / f"telemetry_seed{seed}.h5"
         with h5py.File(path, "w") as f:
-            f.attrs.update({"final_test_accuracy": 0.915, "seed": seed})
+            f.attrs.update({"final_test_accuracy": 0.915, "seed": seed, "network": "resnet20"})
             f["iteration"] = np.asarray(ITS, dtype=np.int64)
             for key in telemetry.SERIES:
                 f[key] = series.get(key, np.linspace(0, 1, len(ITS)))

@@ -346,3 +346,43 @@ def test_outputs_are_written_whole_with_the_umask_mode(tmp_path):
     os.umask(umask)
     assert target.read_text() == "whole"
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- content hash: every job verifies the arrays it loads ---------------------------------------
+
+
+def test_content_hash_is_stored_and_recomputed_on_load(tmp_path):
+    out, prov = _synthetic(tmp_path)
+    assert prov["sha256_content"] == data.content_hashes(_read(out))["sha256_content"]
+    assert data.load(out).provenance["sha256_content"] == prov["sha256_content"]
+
+
+@pytest.mark.parametrize("array", ["train/images", "train/labels", "test/images", "test/labels"])
+def test_changed_arrays_are_refused_naming_the_file_and_what_to_do(tmp_path, array):
+    """The issue's reproduction: half of /train/images zeroed in place, attributes and mtime
+    kept (and the same for every other array): load refuses it instead of training on it."""
+    import os
+
+    out, _ = _synthetic(tmp_path)
+    stat = out.stat()
+    with h5py.File(out, "a") as f:
+        values = f[array][()]
+        if values.ndim > 1:
+            values[: len(values) // 2] = 0
+        else:
+            values[: len(values) // 2] = (values[: len(values) // 2] + 1) % 10
+        f[array][...] = values
+    os.utime(out, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(data.DataError, match="do not match the content hash") as err:
+        data.load(out)
+    message = str(err.value)
+    assert str(out) in message and f"/{array}" in message and "prepare_data" in message
+
+
+def test_file_without_content_hash_is_refused_with_advice(tmp_path):
+    out, _ = _synthetic(tmp_path)
+    with h5py.File(out, "a") as f:
+        del f.attrs["sha256_content"]  # as made before the hash existed
+    with pytest.raises(data.DataError, match="no content hash") as err:
+        data.load(out)
+    assert str(out) in str(err.value) and "re-run prepare_data" in str(err.value)

@@ -72,10 +72,21 @@ def test_vgg_width_scaling():
     assert all(c.bias is not None for c in convs)
 
 
-@pytest.mark.parametrize("name", ["alexnet", "resnet21", "wrn15_2", "vgg12", "resnet20_w0"])
+@pytest.mark.parametrize(
+    "name", ["alexnet", "resnet21", "wrn15_2", "vgg12", "resnet20_w0", "resnet999"]
+)
 def test_unknown_name_raises(name):
     with pytest.raises(ValueError, match=name):
         models.build(name)
+    with pytest.raises(ValueError, match=name):  # the planning-time check agrees with build
+        models.check_name(name)
+
+
+def test_check_name_accepts_what_build_builds_without_touching_the_rng():
+    state = torch.random.get_rng_state()
+    for name in ("resnet20", "resnet56", "resnet18", "vgg13", "wrn16_8", "resnet8_w4"):
+        models.check_name(name)
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_unknown_name_lists_known_patterns():

@@ -1,10 +1,14 @@
 """runs.run for the branch kinds: perturbation bookkeeping, pre-training heads, sparse masks."""
 
+import dataclasses
+import shutil
+from pathlib import Path
+
 import h5py
 import pytest
 import torch
 
-from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs
+from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 NET = "resnet8_w4"
@@ -47,7 +51,7 @@ def test_perturbation_touches_only_kept_prunable_weights(setup):
     attrs, start, out = _branch(
         root, "noise", init=str(root / "dense" / "iter2.pt"), mask_in=str(root / "mask.pt"),
         perturbation={"kind": "noise", "scale": 1.0}, perturb_init0=str(root / "dense/iter0.pt"),
-        perturb_key="noise_1",
+        perturb_key="noise_1", level=3,
     )  # fmt: skip
     k2 = checkpoint.load(root / "dense" / "iter2.pt")["state_dict"]
     for name, value in k2.items():
@@ -171,10 +175,14 @@ def test_group_of_runs_writes_what_separate_runs_write(setup, kind):
         specs = [
             dict(seed=1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
                  perturbation={"kind": "noise", "scale": 1.0}, perturb_key="noise_1",
-                 perturb_init0=str(dense / "iter0.pt")),
+                 perturb_init0=str(dense / "iter0.pt"), level=3),
             dict(seed=2, init=str(dense / "iter2.pt"),
-                 prune_from=(str(dense / "final.pt"), None), level=1),
+                 prune_from=(str(dense / "final_seed2.pt"), None), level=1),
         ]  # fmt: skip
+        # seed 1's final weights, saved as seed 2's (a job checks the seed of what it prunes)
+        ck = checkpoint.load(dense / "final.pt")
+        checkpoint.save(dense / "final_seed2.pt", ck["state_dict"], iteration=ck["iteration"],
+                        network=NET, meta={**ck["meta"], "seed": 2})  # fmt: skip
     outs = {}
     for mode in ("alone", "group"):
         jobs = []
@@ -210,3 +218,124 @@ def test_group_refuses_runs_that_cannot_share_a_process(setup):
     b = _job(root, "x2", 2, task="rotation")
     with pytest.raises(ValueError, match="must share task"):
         runs.run_group([a, b])
+
+
+# ---- resume identity: a saved state is continued only by the run that saved it -----------------
+def _sigterm_run(monkeypatch, job, at=1):
+    """runs.run(job), SIGTERMed before step ``at``: leaves the job's resume state behind."""
+    import os
+    import signal
+
+    real = runs.train
+
+    def interrupted(model, ds, hp, opts, **kw):
+        def hook(x, y, it):
+            if opts.batch_fn is not None:
+                x, y = opts.batch_fn(x, y, it)
+            if it == at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return x, y
+
+        return real(model, ds, hp, dataclasses.replace(opts, batch_fn=hook), **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(runs, "train", interrupted)
+        with pytest.raises(train.Interrupted):
+            runs.run(job, log=lambda s: None)
+    assert (Path(job.workdir) / "resume.pt").is_file()
+
+
+def _final(job):
+    return checkpoint.load(job.out_final)["state_dict"]
+
+
+def _level_job(root, name, **kw):
+    dense = root / "dense"
+    spec = dict(init=str(dense / "iter2.pt"), prune_from=(str(dense / "final.pt"), None), level=1,
+                out_mask=str(root / name / "mask.pt"), prune_fraction=0.2)  # fmt: skip
+    return dataclasses.replace(_job(root, name, 1), **{**spec, **kw})
+
+
+def _noise_job(root, name, scale=1.0):
+    dense = root / "dense"
+    return _job(
+        root, name, 1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
+        perturbation={"kind": "noise", "scale": scale}, perturb_key="noise",
+        perturb_init0=str(dense / "iter0.pt"), level=3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["imp_fraction", "perturbation", "start_weights", "data_contents", "unchanged"],
+)
+def test_resume_state_is_used_only_by_the_run_that_saved_it(setup, monkeypatch, change):
+    """The issue's reproduction: SIGTERM an IMP level, change imp.fraction 0.2 -> 0.5, re-run.
+    Before, the re-run continued the 0.2 state; now it says why not, moves the state aside and
+    ends bit-identical to a fresh run of the new settings. Unchanged, it still resumes."""
+    root, _ = setup
+    name = f"resume_{change}"
+    if change == "perturbation":
+        before, after = _noise_job(root, name, 1.0), _noise_job(root, name, 2.0)
+    elif change == "start_weights":  # same path, other contents: the checkpoint was re-made
+        start = root / name / "start.pt"
+        start.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "dense" / "iter2.pt", start)
+        before = _level_job(root, name, init=str(start))
+        after = before
+    elif change == "data_contents":
+        before = after = _level_job(root, name, data_path=str(root / name / "d.h5"))
+        data.prepare(before.data_path, "synthetic", synthetic={"n_train": 96, "n_test": 32})
+    else:
+        before = _level_job(root, name)
+        after = _level_job(root, name, prune_fraction=0.5 if change == "imp_fraction" else 0.2)
+    _sigterm_run(monkeypatch, before)
+    if change == "start_weights":
+        shutil.copy(root / "dense" / "iter0.pt", start)
+    elif change == "data_contents":  # same shapes and sizes, other pixels
+        data.prepare(before.data_path, "synthetic", synthetic={"n_train": 96, "n_test": 32}, seed=5)
+    logged = []
+    runs.run(after, log=logged.append)
+    workdir = Path(after.workdir)
+    fresh = dataclasses.replace(
+        after, workdir=str(workdir) + "_fresh", out_final=after.out_final + ".fresh.pt",
+        out_metrics=after.out_metrics + ".fresh.h5",
+        out_mask=after.out_mask and after.out_mask + ".fresh.pt",
+    )  # fmt: skip
+    runs.run(fresh, log=lambda s: None)
+    assert all(torch.equal(_final(after)[k], v) for k, v in _final(fresh).items())
+    text = "\n".join(logged)
+    if change == "unchanged":
+        assert "resumed from" in text and "NOT resuming" not in text
+        assert not workdir.exists()
+        return
+    assert "resumed from" not in text
+    assert f"NOT resuming from {workdir / 'resume.pt'}" in text and "different run" in text
+    stale = list(workdir.glob("resume.stale-*.pt"))  # kept as evidence, also after success
+    assert len(stale) == 1 and stale[0].name in text
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a torch file", "truncated"])
+def test_damaged_resume_state_is_set_aside_not_a_raw_unpickling_error(setup, monkeypatch, damage):
+    root, _ = setup
+    job = _level_job(root, f"damaged_{len(damage)}")
+    _sigterm_run(monkeypatch, job)
+    resume = Path(job.workdir) / "resume.pt"
+    blob = resume.read_bytes()
+    resume.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else damage)
+    logged = []
+    runs.run(job, log=logged.append)  # starts afresh instead of failing on every re-run
+    text = "\n".join(logged)
+    assert f"NOT resuming from {resume}: it cannot be read" in text and "afresh" in text
+    (stale,) = Path(job.workdir).glob("resume.stale-*.pt")
+    assert stale.read_bytes() == (blob[: len(blob) // 2] if damage == "truncated" else damage)
+
+
+def test_metrics_record_the_verified_data_hash(setup):
+    root, _ = setup
+    with h5py.File(root / "dense" / "metrics.h5") as f:
+        recorded = f.attrs["data_sha256"], f.attrs["data_sha256_train"]
+    with h5py.File(root / "d.h5") as f:
+        arrays = {n: f[n][()] for n in data.ARRAYS}
+    hashes = data.content_hashes(arrays)
+    assert recorded == (hashes["sha256_content"], hashes["sha256_train_images"])

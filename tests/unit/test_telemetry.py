@@ -237,6 +237,7 @@ def test_figure3_from_summary_file(tmp_path):
         p = tmp_path / f"run{seed}.h5"
         with h5py.File(p, "w") as f:
             f.attrs["final_test_accuracy"], f.attrs["seed"] = 0.5, seed
+            f.attrs["network"] = "resnet20"
             f["iteration"] = its
             for key in telemetry.SERIES:
                 f[key] = g.random(n)

@@ -179,14 +179,23 @@ def test_diverging_job_leaves_no_outputs(data_file, tmp_path):
     assert not any(tmp_path.glob("*.pt")) and not (tmp_path / "metrics.h5").exists()
 
 
-def test_resume_state_from_other_settings_is_refused(dataset, tmp_path):
+@pytest.mark.parametrize("change", ["hparams", "identity"])
+def test_resume_state_from_other_settings_is_set_aside(dataset, tmp_path, change):
+    """Not continued, not deleted: moved aside with the reason in the log, and the run starts
+    afresh (same weights as an uninterrupted run of the new settings)."""
     work = tmp_path / "run"
     opts = train.RunOptions(seed=1, log_every=2, batch_fn=_interrupt_at(5, "sigterm"))
     with pytest.raises(train.Interrupted):
-        train.train(_model(), dataset, HP, opts, workdir=work, log=lambda s: None)
-    other = replace(HP, lr=0.01)
-    with pytest.raises(RuntimeError, match="other settings"):
-        train.train(_model(), dataset, other, replace(opts, batch_fn=None), workdir=work)
+        train.train(_model(), dataset, HP, opts, workdir=work, log=lambda s: None, identity="a")
+    hp, identity = (replace(HP, lr=0.01), "a") if change == "hparams" else (HP, "b")
+    logged, m = [], _model()
+    opts = replace(opts, batch_fn=None)
+    train.train(m, dataset, hp, opts, workdir=work, log=logged.append, identity=identity)
+    assert any(f"NOT resuming from {work / 'resume.pt'}" in line for line in logged)
+    assert len(list(work.glob("resume.stale-*.pt"))) == 1
+    ref = _model()
+    train.train(ref, dataset, hp, opts, workdir=tmp_path / "ref", log=lambda s: None)
+    assert _equal(_state(m), _state(ref))
 
 
 def test_fused_sgd_matches_the_reference_sgd():
