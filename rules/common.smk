@@ -27,6 +27,26 @@ validate(config, _SCHEMA, set_default=True)
 config_check.check(config, cache_dir=".snakemake", isolate=True)
 
 
+def _sorted_keys(value):
+    return (
+        {k: _sorted_keys(value[k]) for k in sorted(value)}
+        if isinstance(value, dict)
+        else value
+    )
+
+
+# Key order of these mappings carries no meaning, but it reaches params, and Snakemake re-runs a job
+# whose params differ in key order: it depends on how config files were merged (the profile's
+# overlay vs the same files given with --configfile). Sorted, the params are the same either way.
+# (perturb.variants keeps its order, the figures' legend order; each variant's spec is sorted.)
+for _key in ("data", "training", "telemetry", "rewinding", "evaluation"):
+    config[_key] = _sorted_keys(config[_key])
+config["perturb"]["variants"] = {
+    name: _sorted_keys(spec) for name, spec in config["perturb"]["variants"].items()
+}
+config["pretrain"]["hparams"] = _sorted_keys(config["pretrain"]["hparams"])
+
+
 NETWORKS = config["networks"]
 SEEDS = config["seeds"]
 DENSE_CKPTS = sorted(config["dense"]["checkpoint_iterations"])

@@ -386,3 +386,15 @@ def test_file_without_content_hash_is_refused_with_advice(tmp_path):
     with pytest.raises(data.DataError, match="no content hash") as err:
         data.load(out)
     assert str(out) in str(err.value) and "re-run prepare_data" in str(err.value)
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write leaves `.x.h5.<random>.tmp`; the next successful write of x.h5 removes it
+    (and nothing of other outputs beside it)."""
+    from pipeline_scripts.earlyphase.atomic import atomic_path
+
+    (tmp_path / ".x.h5.abc123.tmp").write_text("half, writer killed")
+    (tmp_path / ".y.h5.abc123.tmp").write_text("another output's writer")
+    with atomic_path(tmp_path / "x.h5") as tmp:
+        tmp.write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.h5.abc123.tmp", "x.h5"]
