@@ -367,7 +367,7 @@ def train_group(
     if not 0 <= start < total:
         raise ValueError(f"start iteration {start} must lie in 0..{total - 1}")
     snapshot_at = set(snapshot_iterations)
-    eval_at = {i for i in eval_iterations if start <= i <= total} | {start, total}  # OpenLTH evaluates at its start step too
+    eval_at = {i for i in eval_iterations if start <= i <= total} | {start, total}
 
     for m in models:
         m.to(dev)

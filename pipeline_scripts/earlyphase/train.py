@@ -228,20 +228,20 @@ def train(
     n = data.train_x.shape[0]
     ipe = hp.iterations_per_epoch(n)
     total = hp.total_iterations(n)
-    bad = [k for k in opts.snapshot_iterations if not 0 <= k <= total]
-    if bad:
-        raise ValueError(f"snapshot iterations {bad} lie outside this run's 0..{total} iterations")
     start = int(opts.start_iteration)
     if not 0 <= start < total:
         raise ValueError(
             f"start iteration {start} must lie in 0..{total - 1}: a run of {total} iterations "
             "has no steps left after it (a rewind point or pre-training too long for the schedule)"
         )
-    bad = [k for k in opts.snapshot_iterations if k < start]
+    bad = [k for k in opts.snapshot_iterations if not start <= k <= total]
     if bad:
-        raise ValueError(f"snapshot iterations {bad} precede this run's start iteration {start}")
+        raise ValueError(
+            f"snapshot iterations {bad} lie outside this run's iterations {start}..{total}"
+        )
     snapshot_at = set(opts.snapshot_iterations)
-    eval_at = {i for i in opts.eval_iterations if start <= i <= total} | {start, total}  # OpenLTH evaluates at its start step too
+    # OpenLTH evaluates at its start step too
+    eval_at = {i for i in opts.eval_iterations if start <= i <= total} | {start, total}
 
     optimizer = sgd(model.parameters(), hp)
     mparams, mmasks = masked_parameters(model, mask)
