@@ -28,10 +28,16 @@ class EpochDraw:
     flip: torch.Tensor  # (N,) bool: mirror horizontally
 
 
-def draw_epoch(n: int, seed: int, epoch: int, pad: int, flip: bool, device) -> EpochDraw:
-    """All random choices of one epoch, from generators keyed by (seed, purpose, epoch)."""
-    order = torch.randperm(n, generator=rng.generator(seed, "data_order", epoch))
-    g = rng.generator(seed, "augment", epoch)
+def draw_epoch(
+    n: int, seed: int, epoch: int, pad: int, flip: bool, device, stream: str = ""
+) -> EpochDraw:
+    """All random choices of one epoch, from generators keyed by (seed, purpose, epoch).
+
+    ``stream`` names another sample of this SGD noise for the same seed (the two copies of an
+    instability analysis, ``stability``): "" is the replicate's own data order and augmentation."""
+    keys = (stream, epoch) if stream else (epoch,)
+    order = torch.randperm(n, generator=rng.generator(seed, "data_order", *keys))
+    g = rng.generator(seed, "augment", *keys)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)

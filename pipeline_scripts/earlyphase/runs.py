@@ -77,6 +77,7 @@ class Job:
     # trains steps start .. T, start = start_iteration + round(start_epochs x iterations/epoch).
     start_iteration: int = 0  # the dense run's step k the start weights come from
     start_epochs: float = 0.0  # pre-training that counts as the schedule's first epochs
+    data_stream: str = ""  # another sample of SGD noise for this seed (stability copies)
 
 
 def code_version() -> str:
@@ -264,6 +265,7 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
     opts = RunOptions(
         seed=job.seed,
         start_iteration=start,
+        data_stream=job.data_stream,
         eval_iterations=eval_schedule(total, ipe, job.eval_every, extra_evals),
         eval_subset=int(tel.get("eval_subset") or 0),
         eval_subset_until=int(tel.get("eval_subset_until", -1)),
@@ -470,6 +472,9 @@ def run_group(
     starts = {p.opts.start_iteration for p in prepared}
     if len(starts) != 1:
         raise ValueError(f"jobs of one group must share their start iteration, not {starts}")
+    if any(p.opts.data_stream for p in prepared):
+        raise ValueError("grouped jobs train the seeds' own data streams; run a job with a "
+                         "data_stream (a stability copy) on its own")
     log(f"training {len(jobs)} runs together ({method})")
     started = time.time()
     result = multirun.train_group(

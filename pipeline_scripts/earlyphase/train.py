@@ -45,6 +45,9 @@ class RunOptions:
     # learning rate, data order and augmentation those steps have in a run from 0 (a fresh
     # optimizer, as the framework makes one per level); evaluations keep absolute iterations.
     start_iteration: int = 0
+    # Which sample of SGD noise (data order + augmentation, augment.draw_epoch): "" = the seed's
+    # own; another name = an independent sample for the same seed (instability analysis copies).
+    data_stream: str = ""
     eval_iterations: Sequence[int] = ()  # evaluate on the test set after these many steps
     snapshot_iterations: Sequence[
         int
@@ -252,7 +255,8 @@ def train(
     # Everything that shapes the trajectory: a resume state from other settings must not be used.
     fingerprint = repr(
         (hp.to_dict(), opts.seed, sorted(eval_at), sorted(snapshot_at), opts.eval_subset,
-         opts.eval_subset_until, sorted(mask) if mask else None, total, start, identity)
+         opts.eval_subset_until, sorted(mask) if mask else None, total, start, identity,
+         *((opts.data_stream,) if opts.data_stream else ()))
     )  # fmt: skip
     metrics = Metrics()
     snapshots: dict[int, str] = {}
@@ -345,7 +349,9 @@ def train(
         while it < total:
             epoch, j = divmod(it, ipe)
             if epoch != draw_epoch:
-                draw = augment.draw_epoch(n, opts.seed, epoch, hp.crop_padding, hp.flip, device)
+                draw = augment.draw_epoch(
+                    n, opts.seed, epoch, hp.crop_padding, hp.flip, device, opts.data_stream
+                )
                 draw_epoch = epoch
             sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
             idx = draw.order[sl]
