@@ -38,6 +38,12 @@ _KINDS = [
         lambda m: {"experiment": "sparse_pretrain", "series": f"{m['kind']}_{m['start']}",
                    "level": int(m["level"])},
     ),
+    (  # instability analysis: one copy, and the interpolation between the two (stability.py)
+        re.compile(r"stability/(?P<sub>dense|level(?P<level>\d+))/k(?P<k>\d+)(?:/(?P<copy>copy\d+))?"),
+        lambda m: {"experiment": "stability",
+                   "series": m["sub"] + (f"/{m['copy']}" if m["copy"] else ""),
+                   "rewind_iteration": int(m["k"]), "level": int(m["level"] or 0)},
+    ),
 ]  # fmt: skip
 
 
