@@ -23,6 +23,13 @@
 #   results/figures/figure3/{net}.pdf|png, figureA3.pdf|png   Figure 3 / A3
 #   results/figures/figure{4..8}/{net}.pdf|png                Figures 4-8 / A4-A8
 #   results/figures/figure{9,10}/{net}.pdf|png                Figures 9-10 / A9-A12
+# Beyond the paper (issue 14):
+#   results/{net}/seed{seed}/stability/{dense,level{L}}/k{k}/copy{1,2}/final.pt, metrics.h5
+#                                          two copies trained k..T on independent SGD noise
+#   results/{net}/seed{seed}/stability/{dense,level{L}}/k{k}/interpolation.h5   error on the path
+#   results/{net}/seed{seed}/dense/hessian.h5                 top Hessian eigenvalue per checkpoint
+#   results/{net}/summary/{stability,hessian}.h5              seeds summarised
+#   results/figures/{instability,sharpness}/{net}.pdf|png     their figures
 #   resume/<output dir>/                                      resume state of unfinished jobs
 
 import os
@@ -38,12 +45,15 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/common_beyond.smk"
 include: "rules/data.smk"
 include: "rules/dense.smk"
 include: "rules/imp.smk"
 include: "rules/telemetry.smk"
 include: "rules/perturb.smk"
 include: "rules/pretrain.smk"
+include: "rules/stability.smk"
+include: "rules/sharpness.smk"
 include: "rules/report.smk"
 
 

@@ -436,5 +436,6 @@ def all_targets():
         targets += _figures(["figure9"])
     if SPARSE["kinds"]:
         targets += _figures(["figure10"])
+    targets += stability_targets() + sharpness_targets()  # beyond the paper (issue 14)
     targets += [f"results/claims/claims.{ext}" for ext in ("h5", "tsv", "html")]
     return targets

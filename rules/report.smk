@@ -9,6 +9,9 @@ CLAIMS_NETWORK = "resnet20" if "resnet20" in NETWORKS else NETWORKS[0]
 CLAIMS_CODE = os.path.join(
     workflow.basedir, "pipeline_scripts", "earlyphase", "claims.py"
 )
+CLAIMS_BEYOND_CODE = os.path.join(
+    workflow.basedir, "pipeline_scripts", "earlyphase", "claims_beyond.py"
+)
 
 
 # (kind, key, path) of every file the claims table reads, for the configured experiments.
@@ -43,13 +46,23 @@ _CLAIMS_FILES = (
         if SPARSE["kinds"]
         else []
     )
+    + (  # beyond the paper (issue 14)
+        [("stability", CLAIMS_NETWORK, f"results/{CLAIMS_NETWORK}/summary/stability.h5")]
+        if STABILITY_REWINDS
+        else []
+    )
+    + (
+        [("hessian", CLAIMS_NETWORK, f"results/{CLAIMS_NETWORK}/summary/hessian.h5")]
+        if HESSIAN_ITS
+        else []
+    )
 )
 
 
 rule claims:
     input:
         files=[path for _, _, path in _CLAIMS_FILES],
-        code=CLAIMS_CODE,
+        code=[CLAIMS_CODE, CLAIMS_BEYOND_CODE],
     output:
         h5="results/claims/claims.h5",
         tsv="results/claims/claims.tsv",

@@ -145,6 +145,7 @@ def check(config: dict, cache_dir: str | Path | None = None, isolate: bool = Fal
     _imp(config)
     _perturb(config)
     _pretrain(config)
+    _beyond(config)
 
 
 def _registries_in_child(config: dict) -> None:
@@ -252,20 +253,52 @@ def _data_and_dense(config: dict) -> None:
 
 
 def _imp(config: dict) -> None:
-    imp, ckpts = config["imp"], sorted(config["dense"]["checkpoint_iterations"])
+    imp = config["imp"]
     rewinds = sorted(imp["rewind_iterations"])
-    missing = sorted(set(rewinds) - set(ckpts))
-    if missing:
-        raise ConfigError(
-            "imp.rewind_iterations",
-            f"{missing} are not in dense.checkpoint_iterations {ckpts}; add them there (the dense "
-            "runs must keep those weights).",
-        )
+    _kept_by_dense(
+        config, "imp.rewind_iterations", rewinds, "the dense runs must keep those weights"
+    )
     if imp["levels"] > 0 and not rewinds:
         raise ConfigError(
             "imp.rewind_iterations",
             "is empty, so Figure 1 would show no IMP chain; name at least one rewind point, or "
             "set imp.levels: 0 to run no IMP",
+        )
+
+
+def _beyond(config: dict) -> None:
+    """stability and hessian (issue 14): their iterations are states the dense runs keep."""
+    st, imp = config["stability"], config["imp"]
+    rewinds = sorted(st["rewind_iterations"])
+    _kept_by_dense(config, "stability.rewind_iterations", rewinds,
+                   "the copies start from the dense run's weights at k")  # fmt: skip
+    if rewinds and st["sparse_level"]:
+        imp_rewinds = sorted(imp["rewind_iterations"])
+        off = sorted(set(rewinds) - set(imp_rewinds))
+        if off:
+            raise ConfigError(
+                "stability.rewind_iterations",
+                f"{off} are not in imp.rewind_iterations {imp_rewinds}, so there is no IMP "
+                "sub-network to analyse at stability.sparse_level; add them there or set "
+                "stability.sparse_level: null (dense only)",
+            )
+        if st["sparse_level"] > imp["levels"]:
+            raise ConfigError(
+                "stability.sparse_level",
+                f"{st['sparse_level']} lies above imp.levels ({imp['levels']}); pick a level the "
+                "IMP chains reach, or null for the dense network only",
+            )
+    _kept_by_dense(config, "hessian.iterations", config["hessian"]["iterations"] or [],
+                   "the Hessian is measured at states the dense runs keep")  # fmt: skip
+
+
+def _kept_by_dense(config: dict, key: str, iterations, why: str) -> None:
+    """Every iteration a config key names must be one of the dense runs' kept checkpoints."""
+    ckpts = sorted(config["dense"]["checkpoint_iterations"])
+    missing = sorted(set(iterations) - set(ckpts))
+    if missing:
+        raise ConfigError(
+            key, f"{missing} are not in dense.checkpoint_iterations {ckpts}; add them there ({why})"
         )
 
 

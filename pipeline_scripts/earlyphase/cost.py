@@ -24,6 +24,13 @@ pretrain (pretrain)         networks x seeds x tasks x epochs, each ``epochs`` l
 sparse_pretext              networks x seeds x sparse.kinds x sparse.levels, sparse.epochs long
 sparse_train                networks x seeds x sparse.levels x (imp: pretrained;
                             reinit, random: scratch + pretrained) (Figure 10)
+stability                   networks x seeds x stability.rewind_iterations x 2 copies x (dense
+  (train_stability_copy)    + the IMP sub-network when sparse_level is set), each k..T
+interpolate                 one per copy pair: points x test images evaluated (+ the BatchNorm
+                            sample per point with batchnorm: recompute)
+hessian                     networks x seeds: one job over every hessian.iterations point, each
+                            steps Hessian-vector products over samples images (HVP_STEPS
+                            training steps' worth of images each)
 ==========================  ===================================================================
 
 plus the non-training jobs (data, telemetry, summaries, figures), counted for the DAG total.
@@ -68,7 +75,16 @@ RULE_OF = {
     "pretrain": "pretrain",
     "sparse_pretext": "sparse_pretext",
     "sparse_train": "sparse_train",
+    "stability": "train_stability_copy",
+    "interpolate": "interpolate",
+    "hessian": "hessian",
 }
+# One Hessian-vector product (forward, backward with create_graph, double backward) over a batch,
+# in training steps of that batch: 5.4, measured on this 2-core CPU for ResNet-20 at batch 128 (one
+# thread, median of 5, NCHW; README "Beyond the paper"); unmeasured on GPUs. The Hessian jobs'
+# images are costed at the training rate times this.
+HVP_STEPS = 5.4
+MEASUREMENT_FAMILIES = ("interpolate", "hessian")  # costed, but not training jobs
 
 
 def load_config(paths: list[str | Path], schema: str | Path = SCHEMA) -> dict:
@@ -170,6 +186,10 @@ def jobs(config: dict) -> list[dict]:
             add("sparse_train", net, hp, s * scratch * lv, k=k)
             add("sparse_train", net, hp, s * len(sparse["kinds"]) * lv, k=k,
                 pre_epochs=float(sparse["epochs"]))  # fmt: skip
+        st = config["stability"]
+        subs = 1 + (1 if st["sparse_level"] else 0)
+        for k in st["rewind_iterations"]:
+            add("stability", net, hp, s * 2 * subs, k=k)
     n_train, n_test = data_sizes(config)
     for j in out:
         hp = TrainingHparams.from_dict(j["hparams"])
@@ -188,6 +208,30 @@ def jobs(config: dict) -> list[dict]:
             start, ipe, n_train, hp.batch_size
         )
         j["eval_images"] = sum(subset if it <= tel["eval_subset_until"] else n_test for it in evals)
+    out += measurement_jobs(config, hps, n_train, n_test)
+    return out
+
+
+def measurement_jobs(config: dict, hps: dict, n_train: int, n_test: int) -> list[dict]:
+    """The interpolate and hessian jobs (beyond the paper) as image counts: ``eval_images`` are
+    forward passes at the evaluation rate, ``images`` training-step equivalents."""
+    out, s = [], len(config["seeds"])
+    st, he = config["stability"], config["hessian"]
+    subs = 1 + (1 if st["sparse_level"] else 0)
+    its = config["dense"]["checkpoint_iterations"] if he["iterations"] is None else he["iterations"]
+    for net, hp in hps.items():
+        if st["rewind_iterations"]:
+            bn = min(st["bn_samples"], n_train) if st["batchnorm"] == "recompute" else 0
+            out.append({"family": "interpolate", "network": net, "hparams": hp, "telemetry": False,
+                        "count": s * subs * len(st["rewind_iterations"]), "start": 0,
+                        "iterations": 0, "images": 0,
+                        "eval_images": st["points"] * (n_test + bn)})  # fmt: skip
+        if its:
+            sample = min(he["samples"], n_train)
+            out.append({"family": "hessian", "network": net, "hparams": hp, "telemetry": False,
+                        "count": s, "start": 0, "iterations": 0,
+                        "images": round(len(its) * he["steps"] * sample * HVP_STEPS),
+                        "eval_images": 0})  # fmt: skip
     return out
 
 
@@ -200,12 +244,17 @@ def other_jobs(config: dict) -> dict:
     summaries = 1 + (len(perturb["rewind_iterations"]) if variants else 0) + len(tasks)
     summaries += 1 if sparse else 0
     figures = 2 + (5 if variants else 0) + (1 if tasks else 0) + (1 if sparse else 0)
+    st, he = config["stability"], config["hessian"]
+    its = config["dense"]["checkpoint_iterations"] if he["iterations"] is None else he["iterations"]
+    beyond = (2 if st["rewind_iterations"] else 0) + (2 if its else 0)  # summary + figure each
     return {
         "prepare_data": 1,
         "telemetry_run": nets * seeds,
         "summarise_telemetry": nets,
         "summarise": nets * summaries,
         "figures": nets * figures + 1,  # + figure A3 over all networks
+        "summaries_and_figures_beyond": nets * beyond,
+        "claims": 1,
         "all": 1,
     }
 
@@ -250,8 +299,9 @@ def estimate(config: dict, bench: dict | None = None) -> dict:
         if f.jobs:
             fams[name] = {**f.to_dict(), "rule": RULE_OF[name]}
     rules: dict[str, int] = defaultdict(int)
-    for f in fams.values():
-        rules[f["rule"]] += f["jobs"]
+    measuring: dict[str, int] = defaultdict(int)
+    for name, f in fams.items():
+        (measuring if name in MEASUREMENT_FAMILIES else rules)[f["rule"]] += f["jobs"]
     other = other_jobs(config)
     training_jobs = sum(rules.values())
     hours = [f["device_hours"] for f in fams.values()]
@@ -261,8 +311,9 @@ def estimate(config: dict, bench: dict | None = None) -> dict:
         "families": fams,
         "training_jobs_by_rule": dict(rules),
         "training_jobs": training_jobs,
+        "measurement_jobs_by_rule": dict(measuring),
         "other_jobs": other,
-        "total_jobs": training_jobs + sum(other.values()),
+        "total_jobs": training_jobs + sum(measuring.values()) + sum(other.values()),
         "total_iterations": sum(f["iterations"] for f in fams.values()),
         "total_images": sum(f["images"] for f in fams.values()),
         "device_hours": sum(hours) if hours and None not in hours else None,
@@ -288,7 +339,8 @@ def report(est: dict, device_name: str = "") -> str:
     )
     lines.append(
         f"DAG total {est['total_jobs']:,} jobs ({est['training_jobs']:,} training, "
-        f"{sum(est['other_jobs'].values())} data/telemetry/summary/figure); "
+        f"{sum(est['measurement_jobs_by_rule'].values())} interpolate/hessian, "
+        f"{sum(est['other_jobs'].values())} data/telemetry/summary/figure/claims); "
         f"{est['n_train']:,} training and {est['n_test']:,} test images"
     )
     if est["throughput"]:

@@ -335,7 +335,8 @@ def test_layout_maps_the_rule_inputs():
               ["perturb", 500], ["pretrain", "blur"], ["sparse", "resnet20"]]  # fmt: skip
     files = claims.from_layout(layout, ["d1", "d2", "t", "p", "b", "s"])
     assert files == {"dense": {"resnet20": ["d1", "d2"]}, "telemetry": "t", "imp": None,
-                     "perturb": {500: "p"}, "pretrain": {"blur": "b"}, "sparse": "s"}  # fmt: skip
+                     "perturb": {500: "p"}, "pretrain": {"blur": "b"}, "sparse": "s",
+                     "stability": None, "hessian": None}  # fmt: skip
     with pytest.raises(ValueError, match="unknown claims input"):
         claims.from_layout([["oops", "x"]], ["x"])
 

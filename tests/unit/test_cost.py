@@ -10,7 +10,7 @@ from pipeline_scripts.earlyphase import cost
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# snakemake -n, default config.yaml: 17,243 jobs in total.
+# snakemake -n, default config.yaml: 18,189 jobs in total.
 PAPER_RULES = {
     "train_dense": 25,
     "train_imp_level": 9100,
@@ -19,13 +19,17 @@ PAPER_RULES = {
     "train_from_pretrained": 500,
     "sparse_pretext": 525,
     "sparse_train": 875,
+    "train_stability_copy": 600,
 }
+PAPER_MEASUREMENTS = {"interpolate": 300, "hessian": 25}
 # snakemake -n --configfile config.yaml config/<preset>.yaml
 PRESET_RULES = {
     "laptop": ({"train_dense": 1, "train_imp_level": 12, "train_perturbed": 4, "pretrain": 4,
-                "train_from_pretrained": 4, "sparse_pretext": 3, "sparse_train": 5}, 54),
+                "train_from_pretrained": 4, "sparse_pretext": 3, "sparse_train": 5,
+                "train_stability_copy": 8}, 72),
     "smoke": ({"train_dense": 2, "train_imp_level": 24, "train_perturbed": 8, "pretrain": 8,
-               "train_from_pretrained": 8, "sparse_pretext": 6, "sparse_train": 10}, 88),
+               "train_from_pretrained": 8, "sparse_pretext": 6, "sparse_train": 10,
+               "train_stability_copy": 8}, 107),
 }  # fmt: skip
 
 
@@ -36,8 +40,9 @@ def paper():
 
 def test_paper_protocol_job_counts_match_snakemake(paper):
     assert paper["training_jobs_by_rule"] == PAPER_RULES
-    assert paper["training_jobs"] == sum(PAPER_RULES.values()) == 17_125
-    assert paper["total_jobs"] == 17_243
+    assert paper["training_jobs"] == sum(PAPER_RULES.values()) == 17_725
+    assert paper["measurement_jobs_by_rule"] == PAPER_MEASUREMENTS
+    assert paper["total_jobs"] == 18_189
 
 
 def test_paper_protocol_iterations(paper):
@@ -75,6 +80,7 @@ def test_device_hours_follow_the_formula(tmp_path):
         "imp: {rewind_iterations: [0], levels: 1}\ndense: {checkpoint_iterations: [0]}\n"
         "telemetry: {iterations: 4, points: 4, dense_until: 2}\n"
         "perturb: {run: []}\npretrain: {tasks: [], sparse: {kinds: []}}\n"
+        "stability: {rewind_iterations: []}\nhessian: {iterations: []}\n"
     )
     bench = {"networks": {"resnet20": {"network": "resnet20", "sparsity": 0.0,
              "ours": {"img_s": 100.0}, "eval": {"250": {"img_s": 400.0}}}}}  # fmt: skip
@@ -109,3 +115,26 @@ def test_rewound_jobs_are_costed_from_k(tmp_path, schedule, iterations):
 def test_missing_benchmark_is_reported_not_guessed(paper):
     assert paper["device_hours"] is None
     assert "n/a" in cost.report(paper)
+
+
+def test_beyond_the_paper_jobs_are_costed(tmp_path):
+    """Stability copies train k..T like every rewound run; interpolations evaluate points x test
+    images; a Hessian job costs points x steps x samples x HVP_STEPS training images."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "networks: [resnet20]\nseeds: [1, 2]\ndata: {n_train: 1280, n_test: 100}\n"
+        "training: {defaults: {epochs: 2, milestones: []}}\n"
+        "imp: {rewind_iterations: [0, 4], levels: 1}\ndense: {checkpoint_iterations: [0, 4]}\n"
+        "telemetry: {iterations: 4, points: 4, dense_until: 2}\n"
+        "perturb: {run: []}\npretrain: {tasks: [], sparse: {kinds: []}}\n"
+        "stability: {rewind_iterations: [0, 4], sparse_level: 1, points: 7}\n"
+        "hessian: {samples: 256, steps: 3}\n"
+    )
+    est = cost.estimate(cost.load_config([cfg]))
+    st = est["families"]["stability"]
+    assert st["jobs"] == 2 * 2 * 2 * 2  # seeds x k x copies x (dense + sparse)
+    assert st["iterations"] == 2 * 2 * 2 * (20 + 16)  # T - k for k = 0, 4
+    assert est["measurement_jobs_by_rule"] == {"interpolate": 8, "hessian": 2}
+    assert est["families"]["interpolate"]["eval_images"] == 8 * 7 * 100
+    assert est["families"]["hessian"]["images"] == 2 * round(2 * 3 * 256 * cost.HVP_STEPS)
+    assert est["other_jobs"]["summaries_and_figures_beyond"] == 4

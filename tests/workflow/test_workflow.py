@@ -88,7 +88,39 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
         assert {"imp_scratch", "imp_pretrained", "reinit_pretrained", "random_scratch"} <= set(
             f["series"]
         )
+    _assert_beyond_the_paper(res)
     assert not (out / "resume").exists() or not any((out / "resume").rglob("*.pt"))
+
+
+def _assert_beyond_the_paper(res):
+    """Instability analysis and sharpness (issue 14) on the smoke DAG."""
+    net = res / "resnet8_w4"
+    for seed in (1, 2):
+        for sub in ("dense", "level2"):
+            base = net / f"seed{seed}" / "stability" / sub / "k4"
+            acc = []
+            for replica in ("copy1", "copy2"):
+                with h5py.File(base / replica / "metrics.h5") as f:
+                    assert f.attrs["start_iteration"] == 4 and f.attrs["data_stream"] == replica
+                    assert f.attrs["experiment"] == "stability"
+                    want = 1.0 if sub == "dense" else 0.64
+                    assert f.attrs["weights_remaining_fraction"] == pytest.approx(want, abs=2e-3)
+                    acc.append(f.attrs["final_test_accuracy"])
+            with h5py.File(base / "interpolation.h5") as f:
+                assert len(f["alpha"]) == 5 and f.attrs["batchnorm"] == "interpolate"
+                err = f["test_error"][()]
+                assert [1 - err[0], 1 - err[-1]] == acc  # endpoints: the copies themselves
+                assert f.attrs["barrier"] == pytest.approx(err.max() - (err[0] + err[-1]) / 2)
+        with h5py.File(net / f"seed{seed}" / "dense" / "hessian.h5") as f:
+            assert list(f["iteration"]) == [0, 4, 8]
+            assert (f["top_eigenvalue"][()] > 0).all() and (f["hvps"][()] == 5).all()
+    with h5py.File(net / "summary" / "stability.h5") as f:
+        assert set(f) == {"dense", "level2"} and list(f["dense/n"]) == [2]
+    for fig in ("instability", "sharpness"):
+        assert (res / "figures" / fig / "resnet8_w4.png").stat().st_size > 1000, fig
+    rows = (res / "claims" / "claims.tsv").read_text()
+    for cid in ("beyond_lmc_dense_stable", "beyond_lmc_stable_iff_matching", "beyond_hessian_grows"):
+        assert cid in rows
 
 
 @pytest.mark.slow
@@ -108,7 +140,8 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
         )
     finally:
         plots.write_text(original)
-    figures = {"figure1", "figure3", "figure_a3", "figure_perturb", "figure9", "figure10"}
+    figures = {"figure1", "figure3", "figure_a3", "figure_perturb", "figure9", "figure10",
+               "figure_instability", "figure_sharpness"}  # fmt: skip
     assert set(counts) - {"total", "all"} == figures, counts
 
 
@@ -151,6 +184,12 @@ def test_default_config_plans_the_paper_dag(tmp_path):
     assert counts["sparse_pretext"] == runs * 7 * 3 and counts["sparse_train"] == runs * 7 * 5
     assert counts["figure1"] == counts["figure9"] == counts["figure10"] == 5
     assert counts["figure_perturb"] == 5 * 5  # Figures 4-8 per network
+    # beyond the paper: 2 copies x (dense + level-8 sub-network) x 6 rewind points; one Hessian
+    # job per dense run over its 9 checkpoints
+    assert counts["train_stability_copy"] == runs * 6 * 2 * 2
+    assert counts["interpolate"] == runs * 6 * 2
+    assert counts["hessian"] == runs
+    assert counts["figure_instability"] == counts["figure_sharpness"] == 5
 
 
 @pytest.mark.parametrize(
