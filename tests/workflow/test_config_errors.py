@@ -98,6 +98,19 @@ MALFORMED = [
     ("epochs_unspellable", "pretrain: {epochs: [0.00001]}", [], "config key pretrain.epochs"),
     # data
     ("imagefolder_without_path", "data: {source: imagefolder}", [], "config key data.path"),
+    # beyond the paper: instability analysis and sharpness (issue 14)
+    ("stability_rewind_not_kept", "stability: {rewind_iterations: [300]}", [],
+     "config key stability.rewind_iterations"),
+    ("stability_rewind_not_imp", "dense: {checkpoint_iterations: [0, 10, 30, 100, 250, 500, "
+     "1000, 2000, 4000]}\nstability: {rewind_iterations: [30]}", [],
+     "config key stability.rewind_iterations"),
+    ("stability_sparse_level_above_imp", "stability: {sparse_level: 15}", [],
+     "config key stability.sparse_level"),
+    ("stability_batchnorm_unknown", "stability: {batchnorm: reset}", [], "batchnorm"),
+    ("stability_one_point", "stability: {points: 1}", [], "points"),
+    ("hessian_iteration_not_kept", "hessian: {iterations: [0, 42]}", [],
+     "config key hessian.iterations"),
+    ("hessian_steps_zero", "hessian: {steps: 0}", [], "steps"),
 ]  # fmt: skip
 
 # One case per kind of check, through a real `snakemake -n` (each a Snakemake start: seconds).
@@ -105,7 +118,8 @@ THROUGH_SNAKEMAKE = [
     "seed_not_integer", "reference_rewinds_duplicate", "network_unknown",
     "per_network_key_misspelt", "perturb_scope_misspelt", "perturb_param_misspelt",
     "perturb_levels_empty", "figure8_level_not_run", "sparse_levels_empty", "epochs_collide",
-    "checkpoint_beyond_training", "imagefolder_without_path",
+    "checkpoint_beyond_training", "imagefolder_without_path", "stability_rewind_not_imp",
+    "hessian_iteration_not_kept",
 ]  # fmt: skip
 CASES = {case[0]: case[1:] for case in MALFORMED}
 
