@@ -40,6 +40,7 @@ TRAINING = {
     "train_from_pretrained",
     "sparse_pretext",
     "sparse_train",
+    "train_stability_copy",
 }
 
 
@@ -181,6 +182,7 @@ def test_new_seed_adds_only_its_jobs(smoke_session, tmp_path):
         "train_from_pretrained": 4,
         "sparse_pretext": 3,
         "sparse_train": 5,
+        "train_stability_copy": 2 * 2,  # (dense + level-2 sub-network) x 2 copies at k = 4
     }, counts
     assert counts["telemetry_run"] == 1 and "prepare_data" not in counts, counts
 
