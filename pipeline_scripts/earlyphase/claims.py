@@ -685,7 +685,7 @@ def pretrain_claims(scale: Scale | None, pretrain: dict[str, str], sparse_path,
         if mode == "e40":
             e = _closest(PRETRAIN_EPOCHS, durations)
             if e != PRETRAIN_EPOCHS:
-                gaps.append(f"pre-trained {e:g} epochs (paper: 40)")
+                gaps.append(f"pre-trained {plots.epochs_text(f'{e:g}')} (paper: 40 epochs)")
             candidates = [e]
         else:
             candidates = [e for e in durations if mode == "max" or e <= 10] or list(durations)
@@ -725,8 +725,8 @@ def pretrain_claims(scale: Scale | None, pretrain: dict[str, str], sparse_path,
         if sparse.get("rewind_iteration") != PRETRAIN_REWIND:
             gaps.append(f"sub-networks rewound to {sparse.get('rewind_iteration')} (paper: 500)")
         if float(sparse.get("epochs", _NAN)) != PRETRAIN_EPOCHS or sparse.get("task") != "rotation":
-            gaps.append(f"{sparse.get('epochs')} epochs of {sparse.get('task')} (paper: 40 of "
-                        "rotation)")  # fmt: skip
+            done = plots.epochs_text(sparse.get("epochs"))
+            gaps.append(f"{done} of {sparse.get('task')} (paper: 40 epochs of rotation)")
         results = {n: level_gap(summary, n, b) for n in names}
         worst = max(results, key=lambda n: np.nan_to_num(results[n][0], nan=-math.inf))
         m, sd, n = results[worst]

@@ -409,6 +409,11 @@ def figure8(summary_paths, rewinds, variants: dict, level: int, out_paths, netwo
 
 
 # ---- Figures 9 / A9-A12 and 10: pre-training -----------------------------------------------------
+def epochs_text(e) -> str:
+    """``1`` -> "1 epoch", ``40`` -> "40 epochs", ``0.5`` -> "0.5 epochs" (legend text)."""
+    return f"{e} epoch" if float(e) == 1 else f"{e} epochs"
+
+
 def figure9(summary_paths, tasks: list[str], epochs: list[str], references, out_paths, network):
     """Figure 9 / A9-A12: a panel per pre-training task; one line per duration, with IMP rewound
     to 0 and to 500 (``references``) as reference lines, mean +- std across seeds."""
@@ -420,7 +425,7 @@ def figure9(summary_paths, tasks: list[str], epochs: list[str], references, out_
     fig, axes = new_figure(1, len(tasks))
     for ax, path, task in zip(axes[0], summary_paths, tasks, strict=True):
         summary = aggregate.read_summary(path)
-        labels = {**{f"e{e}": f"pre-trained {e} epochs" for e in epochs},
+        labels = {**{f"e{e}": f"pre-trained {epochs_text(e)}" for e in epochs},
                   **{f"rewind{k}": f"IMP, rewind to {k}" for k in references},
                   "dense": "Dense network"}  # fmt: skip
         names = [n for n in (*refs, *series) if n in summary]

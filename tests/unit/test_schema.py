@@ -1,0 +1,41 @@
+"""One source for each name: the config schema's enums equal the registries the code dispatches on,
+so a kind, task, source or mode added on one side only fails here instead of at a job."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_scripts.earlyphase import data, multirun, perturb, stability, tasks
+
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.schema.yaml").read_text())
+
+
+def prop(*keys):
+    node = SCHEMA
+    for k in keys:
+        node = node["properties"][k] if "properties" in node else node[k]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("enum", "registry"),
+    [
+        (prop("data", "source")["enum"], data.SOURCES),
+        (prop("perturb", "variants")["additionalProperties"]["properties"]["kind"]["enum"],
+         perturb.REGISTRY),
+        (prop("pretrain", "tasks")["items"]["enum"], tasks.REGISTRY),
+        (prop("pretrain", "sparse", "task")["enum"],
+         [n for n, t in tasks.REGISTRY.items() if t.name != "supervised"]),
+        (prop("runtime", "multirun_method")["enum"], multirun.METHODS),
+        (prop("stability", "batchnorm")["enum"], stability.BATCHNORM_MODES),
+    ],
+    ids=["data.source", "perturb kind", "pretrain.tasks", "sparse.task", "multirun_method",
+         "stability.batchnorm"],
+)  # fmt: skip
+def test_schema_enum_equals_registry(enum, registry):
+    assert sorted(enum) == sorted(registry)
+
+
+def test_every_perturbation_kind_has_a_figure_family():
+    assert set(perturb.FAMILIES) == set(perturb.REGISTRY)
