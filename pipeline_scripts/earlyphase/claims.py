@@ -38,6 +38,20 @@ import numpy as np
 
 from . import aggregate, identity, metrics, plots, telemetry
 from .atomic import atomic_path
+from .paper import (  # noqa: F401 - re-exported: claims.TABLE_A1 etc. are the paper's numbers
+    EFFECTIVE_STD,
+    EFFECTIVE_STD_K,
+    FIGURE1_MIN_K,
+    FIGURE1_REMAINING,
+    FIGURE8,
+    FIGURE8_REMAINING,
+    MAIN_NETWORK,
+    PAPER_PROTOCOL,
+    PAPER_PROTOCOL_TEXT,
+    PRETRAIN_EPOCHS,
+    PRETRAIN_REWIND,
+    TABLE_A1,
+)
 
 SCHEMA = "earlyphase-claims/1"
 REPRODUCED = "reproduced"
@@ -54,30 +68,6 @@ VERDICT_RULES = {
     NOT_RUN: "the experiment is disabled in the config, or the network is not configured",
 }
 
-# ---- the paper's protocol and its numbers ------------------------------------------------------
-MAIN_NETWORK = "resnet20"  # Section 3: "Throughout the main body of the paper, we show ResNet-20"
-PAPER_PROTOCOL = {  # Section 3 and Appendix A
-    "seeds": 5,
-    "epochs": 160,
-    "n_train": 50_000,
-    "n_test": 10_000,
-    "lr": 0.1,
-    "milestones": (80.0, 120.0),
-    "levels": 14,
-}
-PAPER_PROTOCOL_TEXT = (
-    "Paper (Section 3, Appendix A): CIFAR-10 with 50,000 training and 10,000 test images, "
-    "160 epochs at batch 128 (VGG-13: 64), lr 0.1 dropped 10x at epochs 80 and 120, 5 seeds, "
-    "IMP to 14 levels (4.4% of weights remaining), perturbations at k = 500 and 2000."
-)
-# Appendix A, Table A1: test accuracy (%, mean +- std over 5 seeds) and batch size.
-TABLE_A1 = {
-    "resnet20": (91.5, 0.2, 128),
-    "resnet56": (93.0, 0.1, 128),
-    "resnet18": (86.8, 0.3, 128),
-    "vgg13": (93.5, 0.1, 64),
-    "wrn16_8": (94.8, 0.1, 128),
-}
 ACCURACY_TOLERANCE = 1.0  # pp: Table A1 reproduced within 1 percentage point of the paper's mean
 
 # Section 4 (Figure 2's timeline, ResNet-20): (id, timeline key, description, paper text, paper
@@ -102,42 +92,16 @@ TIMELINE = [
      'Section 5.1: "only 9% of signs change during this period" (500 to 2000)'),
 ]  # fmt: skip
 
-FIGURE1_REMAINING = 16.8  # % of weights remaining (level 8 at 20% per level)
-FIGURE1_MIN_K = 500
 MATCH_TOLERANCE = 0.5  # pp: a sub-network "matches" when within 0.5 pp of the dense mean or above
 
-# Section 5: effective std (population std of w_perturbed - w_k) of perturbations at k = 500.
-# (claim suffix, the perturbation as a config entry, paper value, where, description)
-EFFECTIVE_STD_K = 500
-EFFECTIVE_STD = [
-    ("signs_k_mags_0", {"kind": "sign_magnitude", "signs": "k", "magnitudes": "0"}, 0.042,
-     "Section 5.1", "signs at k, magnitudes at initialisation"),
-    ("signs_0_mags_k", {"kind": "sign_magnitude", "signs": "0", "magnitudes": "k"}, 0.033,
-     "Section 5.1", "signs at initialisation, magnitudes at k"),
-    ("shuffle_filter", {"kind": "shuffle", "scope": "filter"}, 0.092,
-     "Section 5.2", "weights shuffled within filters"),
-    ("shuffle_layer", {"kind": "shuffle", "scope": "layer"}, 0.143,
-     "Section 5.2", "weights shuffled within layers"),
-    ("shuffle_network", {"kind": "shuffle", "scope": "network"}, 0.144,
-     "Section 5.2", "weights shuffled globally"),
-    ("samesign_shuffle_filter", {"kind": "shuffle", "scope": "filter", "same_sign": True}, 0.049,
-     "Section 5.2 (Figure 6)", "weights shuffled within filters among the same sign"),
-    ("init_signs_shuffle_layer",
-     {"kind": "shuffle_magnitudes_keep_signs", "scope": "layer", "signs": "0"}, 0.087,
-     "Section 5.2 (Figure 6)", "initial signs, magnitudes shuffled within layers"),
-]  # fmt: skip
 EFFECTIVE_STD_TOLERANCE = 0.2  # relative: reproduced within 20% of the paper's value
 EFFECTIVE_MEAN_RATIO = 0.1  # "mean approximately 0": |mean| <= 0.1 effective std for every variant
 
-# Section 5.3 / Figure 8: Pearson r and p of effective std vs accuracy at 26.2% remaining.
-FIGURE8 = {500: (-0.672, 0.008), 2000: (-0.726, 0.003)}
-FIGURE8_REMAINING = 26.2
+# Judging Figure 8's Pearson r and p (paper.FIGURE8)
 FIGURE8_MIN_POINTS = 10  # the paper correlates all of Section 5's perturbations
 R_TOLERANCE = 0.2
 P_THRESHOLD = 0.05
 
-PRETRAIN_EPOCHS = 40.0  # Section 6: the headline pre-training duration
-PRETRAIN_REWIND = 500  # ... compared with IMP rewound to iteration 500
 GAP_TOLERANCE = 1.0  # pp: "similar" / "not tangibly better" when within 1 pp
 NO_GAIN_TOLERANCE = 0.5  # pp: "no improvement" when at most 0.5 pp above
 

@@ -25,17 +25,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import checkpoint, models, perturb, prune, rng
+from . import checkpoint, models, paper, perturb, prune, rng
 
-PAPER_K500 = {  # Section 5 / Figure 8 values quoted for ResNet-20 at k = 500
-    "signs_k_mags_0": 0.042,
-    "signs_0_mags_k": 0.033,
-    "shuffle_filter": 0.092,
-    "shuffle_layer": 0.143,
-    "shuffle_network": 0.144,
-    "samesign_shuffle_filter": 0.049,
-    "init_signs_shuffle_layer": 0.087,
-}
+# Section 5's values for ResNet-20 at k = 500, by the config's variant names (paper.py)
+PAPER_K500 = {name: value for name, _, value, _, _ in paper.EFFECTIVE_STD}
 
 
 def effective_stds(network, start, init0, variants: dict, mask=None, seed: int = 1) -> dict:
@@ -111,14 +104,14 @@ def main(argv=None) -> None:
         per_run.append(effective_stds(args.network, ck / f"iter{args.k}.pt", ck / "iter0.pt",
                                       variants, mask, seed=_seed_of(run_dir)))  # fmt: skip
         print(f"{run_dir}: {label}")
-    paper = PAPER_K500 if args.k == 500 else {}
+    paper_values = PAPER_K500 if args.k == paper.EFFECTIVE_STD_K else {}
     print(f"\n{'variant':<28}{'effective std':>14}{'± over runs':>13}{'mean':>10}"
           f"{'paper (k=500)':>15}")  # fmt: skip
     for name in variants:
         stds = np.array([r[name][1] for r in per_run])
         means = np.array([r[name][0] for r in per_run])
         spread = stds.std(ddof=1) if len(stds) > 1 else 0.0
-        ref = paper.get(name)
+        ref = paper_values.get(name)
         print(f"{name:<28}{stds.mean():>14.4f}{spread:>13.4f}{means.mean():>10.4f}"
               f"{'' if ref is None else ref:>15}")  # fmt: skip
 
