@@ -36,7 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import aggregate, identity, metrics, plots, telemetry
+from . import aggregate, identity, metrics, plots, prune, telemetry
 from .atomic import atomic_path
 from .paper import (  # noqa: F401 - re-exported: claims.TABLE_A1 etc. are the paper's numbers
     EFFECTIVE_STD,
@@ -778,7 +778,7 @@ def scale_text(scales: dict[str, Scale], settings: dict) -> list[str]:
     """The lines stating the run's scale, then the paper's, for the top of the table."""
     lines = [s.text() for s in scales.values()]
     imp_levels = int(settings.get("imp_levels", 0))
-    sparsest = 100 * (1 - float(settings.get("imp_fraction", 0.2))) ** imp_levels
+    sparsest = 100 * prune.expected_fraction(imp_levels, float(settings.get("imp_fraction", 0.2)))
 
     def join(key):
         return ", ".join(str(v) for v in settings.get(key) or []) or "none"

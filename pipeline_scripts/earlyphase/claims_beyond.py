@@ -107,7 +107,7 @@ def stability_claims(scale: Scale | None, path: str | None, imp_path: str | None
         return out + [r.not_run(why) for r in rows[2:]]
     level = int(sparse["level"])
     for r in rows[2:]:
-        r.description += f" at level {level} ({100 * 0.8**level:.1f}% remaining)"
+        r.description += f" at level {level} ({100 * sparse['remaining']:.1f}% remaining)"
     sks = sorted(int(k) for k in sparse["rewind"])
     if 0 in sks:
         out.append(put(rows[2], at(sparse, 0)[0]))

@@ -104,7 +104,3 @@ def read_attrs(path) -> dict:
             for k, v in f.attrs.items()
         }
 
-
-def read_eval(path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {k: f["eval"][k][()] for k in f["eval"]}

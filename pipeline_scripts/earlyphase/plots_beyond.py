@@ -22,10 +22,10 @@ from .plots import BAND_ALPHA, REFERENCE_COLOR, network_display_name, new_figure
 SUB_COLORS = {"dense": REFERENCE_COLOR}
 
 
-def _sub_label(sub: str, level: int) -> str:
+def _sub_label(sub: str, s: dict) -> str:
     if sub == "dense":
         return "Dense network"
-    return f"IMP sub-network, level {level} ({100 * 0.8**level:.1f}% remaining)"
+    return f"IMP sub-network, level {s['level']} ({100 * s['remaining']:.1f}% remaining)"
 
 
 def _k_colors(ks) -> dict[int, str]:
@@ -55,7 +55,7 @@ def figure_instability(summary_path, out_paths: list[str], network: str) -> None
         color = SUB_COLORS.get(sub, to_hex(colormaps["tab10"].colors[i]))
         m, sd = np.asarray(s["barrier_mean"]), np.asarray(s["barrier_std"])
         ax.errorbar(ks, m, yerr=sd, color=color, marker="o", ms=4, capsize=3, lw=1.2,
-                    label=_sub_label(sub, s["level"]))  # fmt: skip
+                    label=_sub_label(sub, s))  # fmt: skip
     ax.axhline(stability.STABLE_BARRIER, color="0.5", ls=":", lw=1, label="stable (< 2 pp)")
     ax.axhline(0, color="0.8", lw=0.8)
     _k_axis(ax, sorted(ks_all))
@@ -72,7 +72,7 @@ def figure_instability(summary_path, out_paths: list[str], network: str) -> None
                              color=colors[int(k)], alpha=BAND_ALPHA, lw=0)  # fmt: skip
         pax.set_xlabel("Interpolation α (copy 1 → copy 2)")
         pax.set_ylabel("Test error (%)")
-        pax.set_title(_sub_label(sub, s["level"]), fontsize="small")
+        pax.set_title(_sub_label(sub, s), fontsize="small")
         pax.grid(True, linewidth=0.4, alpha=0.5)
         pax.legend(fontsize="x-small", ncol=2)
     bn = summary[subs[0]]["batchnorm"] if subs else ""

@@ -165,6 +165,7 @@ def measure(
                        {"network": run["network"], "seed": run["seed"]}, identity.describe(want))  # fmt: skip
         states.append(ck["state_dict"])
         recorded.append(float(attrs["final_test_accuracy"]))
+        remaining = float(attrs.get("weights_remaining_fraction", 1.0))
     model = models.build(run["network"]).to(dev, memory_format=torch.channels_last)
     normalise = augment.Normalise(hparams["mean"], hparams["std"], dev)
     eval_batch = int(runtime.get("eval_batch_size", 250))
@@ -188,6 +189,7 @@ def measure(
         "batchnorm": batchnorm,
         "bn_samples": int(bn_samples) if batchnorm == "recompute" else 0,
         "points": int(points),
+        "weights_remaining_fraction": remaining,
         "copy_final_accuracy": np.asarray(recorded),
         "endpoint_accuracy": np.asarray(ends),
         "endpoint_max_difference": diff,
@@ -271,6 +273,7 @@ def summarise(paths: list[str], out_path, network: str) -> dict:
         s["curves"][k] = {"alpha": alpha, "mean": curves.mean(0), "std": curves.std(0, ddof=ddof)}
         s["level"] = int(runs[0]["attrs"]["level"])
         s["batchnorm"] = str(runs[0]["attrs"]["batchnorm"])
+        s["remaining"] = float(runs[0]["attrs"].get("weights_remaining_fraction", 1.0))
 
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = SUMMARY_FORMAT
@@ -280,6 +283,7 @@ def summarise(paths: list[str], out_path, network: str) -> dict:
             g = f.create_group(sub)
             g.attrs["level"] = s["level"]
             g.attrs["batchnorm"] = s["batchnorm"]
+            g.attrs["weights_remaining_fraction"] = s["remaining"]
             for key in ("rewind", "barrier_mean", "barrier_std", "n"):
                 g[key] = np.asarray(s[key])
             for (
@@ -304,6 +308,7 @@ def read_summary(path) -> dict:
         for sub, g in f.items():
             s = {key: g[key][()] for key in ("rewind", "barrier_mean", "barrier_std", "n")}
             s["level"], s["batchnorm"] = int(g.attrs["level"]), str(g.attrs["batchnorm"])
+            s["remaining"] = float(g.attrs.get("weights_remaining_fraction", 1.0))
             s["curves"] = {
                 int(k): {
                     "alpha": g[f"k{k}/alpha"][()],

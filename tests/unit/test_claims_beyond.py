@@ -28,7 +28,8 @@ def interpolation_files(root, barriers=BARRIERS):
                           "barrier": float(err.max() - 0.1), "loss_barrier": 0.0}  # fmt: skip
                 p = root / f"results/resnet20/seed{s}/stability/{sub}/k{k}/interpolation.h5"
                 attrs = {"network": "resnet20", "seed": s, "level": level, "rewind_iteration": k,
-                         "batchnorm": "interpolate", "experiment": "stability"}  # fmt: skip
+                         "batchnorm": "interpolate", "experiment": "stability",
+                         "weights_remaining_fraction": 0.8**level}  # fmt: skip
                 stability.write(p, result, attrs)
                 paths.append(str(p))
     out = root / "results/resnet20/summary/stability.h5"
@@ -74,7 +75,7 @@ def test_barrier_rows_at_paper_scale(rows):
     assert rows["beyond_lmc_dense_falls"].verdict == claims.REPRODUCED
     assert rows["beyond_lmc_sparse_unstable_k0"].verdict == claims.REPRODUCED
     assert rows["beyond_lmc_sparse_stable"].measured_value == pytest.approx(0.42)
-    assert "level 8" in rows["beyond_lmc_sparse_stable"].description
+    assert "level 8 (16.8% remaining)" in rows["beyond_lmc_sparse_stable"].description
 
 
 def test_stable_iff_matching_compares_with_figure_1(rows):
