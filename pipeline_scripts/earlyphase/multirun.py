@@ -24,7 +24,7 @@ Both match separately trained runs to float tolerance over the first steps (test
 test_multirun.py; the kernels differ, so not bit for bit, and over a whole schedule those tiny
 differences grow as between any two devices: compare full runs by accuracy, not weights).
 
-Throughput (``python -m pipeline_scripts.earlyphase.bench --multirun resnet20``; README,
+Throughput (``python -m pipeline_scripts.tools.bench --multirun resnet20``; README,
 Performance). On the 2-core CPU neither method beats N runs one after another: ResNet-20 at batch
 128 already keeps both cores busy in large oneDNN kernels, and a grouped convolution (or vmap's
 batching rule, which also becomes a grouped convolution, in NCHW) runs at a lower FLOP rate than

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pipeline_scripts.earlyphase import bench, cost
+from pipeline_scripts.tools import bench, cost
 
 NET = "resnet8_w4"
 

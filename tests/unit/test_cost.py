@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_scripts.earlyphase import cost
+from pipeline_scripts.tools import cost
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -114,7 +114,7 @@ def test_random_mask_has_the_same_per_layer_sparsity(setup):
 def test_effective_std_report_for_configured_variants(setup):
     import yaml
 
-    from pipeline_scripts.earlyphase import effective_std
+    from pipeline_scripts.tools import effective_std
 
     root, mask = setup
     with open("config.yaml") as f:
@@ -135,7 +135,7 @@ def test_effective_std_tool_labels_its_mask(setup, tmp_path, capsys):
     mask it used said in so many words (a stand-in is never mistaken for the IMP mask)."""
     import shutil
 
-    from pipeline_scripts.earlyphase import effective_std
+    from pipeline_scripts.tools import effective_std
 
     root, _ = setup
     run = tmp_path / "seed1" / "dense"

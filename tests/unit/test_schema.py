@@ -39,3 +39,13 @@ def test_schema_enum_equals_registry(enum, registry):
 
 def test_every_perturbation_kind_has_a_figure_family():
     assert set(perturb.FAMILIES) == set(perturb.REGISTRY)
+
+
+def test_the_package_never_imports_snakemake_or_the_tools():
+    """pipeline_scripts/earlyphase is what rules and tools import; it imports neither."""
+    import re
+
+    package = Path(__file__).resolve().parents[2] / "pipeline_scripts" / "earlyphase"
+    pattern = re.compile(r"^\s*(from|import)\s+(snakemake|pipeline_scripts\.tools)\b", re.M)
+    offenders = [p.name for p in package.glob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []

@@ -252,10 +252,10 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp
 
 
 def test_planning_benchmark_reports_jobs_time_and_memory(tmp_path):
-    """bench/planning.py runs (a benchmark: asserts nothing about speed) and counts the DAG."""
+    """The planning benchmark runs (it asserts nothing about speed) and counts the DAG."""
     out = tmp_path / "plan.json"
-    cmd = [sys.executable, "bench/planning.py", "--configfile", "config.yaml", "config/smoke.yaml",
-           "--rounds", "1", "--json", str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline_scripts.tools.planning", "--configfile", "config.yaml",
+           "config/smoke.yaml", "--rounds", "1", "--json", str(out)]  # fmt: skip
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(out.read_text())
     planned = job_counts(smk("-n", "--quiet", "rules", "--profile", "profiles/smoke",

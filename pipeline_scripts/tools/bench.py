@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m pipeline_scripts.earlyphase.bench [--data FILE] [--networks ...] [--threads N]
+    python -m pipeline_scripts.tools.bench [--data FILE] [--networks ...] [--threads N]
                                                 [--out bench/out/bench.json] [--quick]
 
 What it measures, on whatever device ``device.select("auto")`` finds, with ``--threads`` intra-op
@@ -58,8 +58,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import augment, data, device, models, multirun, prune, rng, train
-from .hparams import TrainingHparams
+from pipeline_scripts.earlyphase import augment, data, device, models, multirun, prune, rng, train
+from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 FORMAT = "earlyphase-bench/1"
 NETWORKS = ("resnet20", "resnet56", "resnet18", "vgg13", "wrn16_8")
@@ -737,7 +737,7 @@ def _row(key: str, e: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline_scripts.earlyphase.bench",
+        prog="python -m pipeline_scripts.tools.bench",
         description="Training throughput of our loop vs a standard DataLoader/PIL loop.",
     )
     p.add_argument("--data", help="prepared HDF5 data file (data.load); default: synthetic data")

@@ -2,7 +2,7 @@
 
 Run::
 
-    python -m pipeline_scripts.earlyphase.cost --config config.yaml [overlay.yaml ...]
+    python -m pipeline_scripts.tools.cost --config config.yaml [overlay.yaml ...]
                                                [--bench bench/out/bench.json] [--device-name NAME]
 
 The config files are merged and completed exactly as Snakemake does (later files override earlier
@@ -59,8 +59,8 @@ from pathlib import Path
 
 import yaml
 
-from . import runs, telemetry
-from .hparams import TrainingHparams
+from pipeline_scripts.earlyphase import runs, telemetry
+from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config.schema.yaml"
 CIFAR10 = {"n_train": 50_000, "n_test": 10_000}
@@ -366,7 +366,7 @@ def report(est: dict, device_name: str = "") -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline_scripts.earlyphase.cost",
+        prog="python -m pipeline_scripts.tools.cost",
         description="Jobs, iterations and projected device-hours of a configuration's DAG.",
     )
     p.add_argument("--config", nargs="+", default=["config.yaml"], help="config file(s), merged")

@@ -1,8 +1,8 @@
 """Planning benchmark (issue 8): how long Snakemake takes to build the DAG of a config, and to find
 out that there is nothing to do once every output exists.
 
-    python bench/planning.py                       # the paper's config (config.yaml), 3 rounds
-    python bench/planning.py --configfile config.yaml my_overlay.yaml --rounds 5 --no-op
+    python -m pipeline_scripts.tools.planning                       # the paper's config (config.yaml), 3 rounds
+    python -m pipeline_scripts.tools.planning --configfile config.yaml my_overlay.yaml --rounds 5 --no-op
 
 Prints, per measurement, the median wall time, the median CPU time (user + system: steadier than
 wall time on a shared machine) and the peak resident memory of the Snakemake process, plus the
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def timed(cmd: list[str], cwd: Path) -> dict:

@@ -1,6 +1,6 @@
 """Effective standard deviation of every configured perturbation variant for one weight state.
 
-    python -m pipeline_scripts.earlyphase.effective_std --network resnet20 --k 500 \\
+    python -m pipeline_scripts.tools.effective_std --network resnet20 --k 500 \\
         --dense runs/timeline/results/resnet20/seed{1,2,3}/dense \\
         (--mask-dir RUN/imp/rewind500/level6 | --standin-iteration 2000 --standin-keep 0.262)
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import checkpoint, models, paper, perturb, prune, rng
+from pipeline_scripts.earlyphase import checkpoint, models, paper, perturb, prune, rng
 
 # Section 5's values for ResNet-20 at k = 500, by the config's variant names (paper.py)
 PAPER_K500 = {name: value for name, _, value, _, _ in paper.EFFECTIVE_STD}
