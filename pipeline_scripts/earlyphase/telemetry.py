@@ -29,6 +29,7 @@ an HDF5 file in the job's work directory, so a resumed run continues the same fi
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -160,6 +161,16 @@ class Recorder:
         for row, key, value in self._pending:
             self.values[key][row] = value.to("cpu", torch.float64)
         self._pending.clear()
+
+    def settings(self) -> tuple:
+        """What this recorder measures, for the training loop's resume fingerprint: a state saved
+        while measuring on another gradient sample (or other points, tensors) is not continued."""
+        sample = None
+        if self.grad_sample is not None:
+            x, y = self.grad_sample
+            sample = (int(x.shape[0]), self.grad_batch,
+                      hashlib.sha256(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest())  # fmt: skip
+        return (tuple(self.iterations), tuple(self.names), sample)
 
     def state_dict(self) -> dict:
         self.flush()

@@ -256,7 +256,8 @@ def train(
     fingerprint = repr(
         (hp.to_dict(), opts.seed, sorted(eval_at), sorted(snapshot_at), opts.eval_subset,
          opts.eval_subset_until, sorted(mask) if mask else None, total, start, identity,
-         *((opts.data_stream,) if opts.data_stream else ()))
+         *((opts.data_stream,) if opts.data_stream else ()),
+         *((recorder.settings(),) if recorder is not None else ()))
     )  # fmt: skip
     metrics = Metrics()
     snapshots: dict[int, str] = {}

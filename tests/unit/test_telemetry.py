@@ -179,18 +179,18 @@ def tiny_data(tmp_path_factory):
     return data.load(path)
 
 
-def _run(ds, work, batch_fn=None, checkpoint_seconds=1e9, record=True):
+def _run(ds, work, batch_fn=None, checkpoint_seconds=1e9, record=True, sample=48, log=None):
     model = models.build("resnet8_w4")
     models.initialise(model, rng.generator(1, "init"))
     names = models.prunable(model, "resnet8_w4")
     points = telemetry.schedule(12, 4, 8)
     work.mkdir(parents=True, exist_ok=True)
     rec = telemetry.Recorder(model, names, points, 1, work / "telemetry.h5",
-                             grad_sample=telemetry.grad_sample(ds, 48, 1), grad_batch=32)  # fmt: skip
+                             grad_sample=telemetry.grad_sample(ds, sample, 1), grad_batch=32)  # fmt: skip
     hp = TrainingHparams(batch_size=32, epochs=3, milestones=())
     opts = train.RunOptions(seed=1, log_every=4, eval_iterations=points, batch_fn=batch_fn,
                             checkpoint_seconds=checkpoint_seconds)  # fmt: skip
-    train.train(model, ds, hp, opts, workdir=work, log=lambda s: None,
+    train.train(model, ds, hp, opts, workdir=work, log=log or (lambda s: None),
                 recorder=rec if record else None)  # fmt: skip
     rec.model_state = model.state_dict()
     return rec
@@ -226,6 +226,27 @@ def test_resumed_telemetry_equals_uninterrupted(tiny_data, tmp_path):
         h5py.File(tmp_path / "run/telemetry.h5") as b,
     ):
         assert np.array_equal(a["snapshots"][()], b["snapshots"][()])
+
+
+def test_resume_state_measured_on_another_gradient_sample_is_not_continued(tiny_data, tmp_path):
+    """A telemetry setting changed between the kill and the re-run (the gradient sample's size)
+    makes the run start afresh, so no series mixes two measurements."""
+
+    def sigterm_at_6(x, y, it, fired=[]):  # noqa: B006 - fire once
+        if it == 6 and not fired:
+            fired.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return x, y
+
+    with pytest.raises(train.Interrupted):
+        _run(tiny_data, tmp_path / "run", batch_fn=sigterm_at_6, sample=48)
+    logged = []
+    resumed = _run(tiny_data, tmp_path / "run", sample=32, log=logged.append)
+    fresh = _run(tiny_data, tmp_path / "fresh", sample=32)
+    assert any("NOT resuming" in line for line in logged)
+    for key in fresh.values:
+        torch.testing.assert_close(fresh.values[key], resumed.values[key], rtol=0, atol=0,
+                                   equal_nan=True)  # fmt: skip
 
 
 def test_figure3_from_summary_file(tmp_path):
