@@ -186,7 +186,7 @@ def _resume_state(path: Path, device, fingerprint: str, recorder, log) -> dict |
         elif state.get("fingerprint") != fingerprint:
             why = (
                 "it was saved by a different run (hyperparameters, schedule, seed, start weights, "
-                "mask, perturbation, task or data changed since)"
+                "mask, perturbation, task, data, data stream or telemetry settings changed since)"
             )
         else:
             return state
