@@ -28,11 +28,7 @@ config_check.check(config, cache_dir=".snakemake", isolate=True)
 
 
 def _sorted_keys(value):
-    return (
-        {k: _sorted_keys(value[k]) for k in sorted(value)}
-        if isinstance(value, dict)
-        else value
-    )
+    return {k: _sorted_keys(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
 
 
 # Key order of these mappings carries no meaning, but it reaches params, and Snakemake re-runs a job
@@ -55,9 +51,7 @@ IMP_REWINDS = sorted(IMP["rewind_iterations"])
 IMP_LEVELS = list(range(1, IMP["levels"] + 1))
 DATA_FILE = "results/data/cifar10.h5"
 # Figures list their plotting code as an input: editing it redraws figures and nothing else.
-PLOTS_CODE = os.path.join(
-    workflow.basedir, "pipeline_scripts", "earlyphase", "plots.py"
-)
+PLOTS_CODE = os.path.join(workflow.basedir, "pipeline_scripts", "earlyphase", "plots.py")
 
 # ---- perturbations (Section 5): a catalogue of variants and the list that runs ----------------
 PERTURB = config["perturb"]
@@ -331,9 +325,7 @@ def sparse_inputs(wildcards):
     mask = f"{base}/imp/rewind{k}/level{level}/mask.pt"
     out = {"mask_like" if wildcards.kind == "random" else "mask": mask}
     if getattr(wildcards, "start", "scratch") == "pretrained":
-        out["start"] = (
-            f"{base}/sparse/rewind{k}/level{level}/{wildcards.kind}/pretext/state.pt"
-        )
+        out["start"] = f"{base}/sparse/rewind{k}/level{level}/{wildcards.kind}/pretext/state.pt"
     elif wildcards.kind != "reinit":
         out["start"] = f"{base}/dense/checkpoints/iter{k}.pt"
     return out
@@ -391,9 +383,7 @@ def summary_runs(net, name):
         if 0 in IMP_REWINDS:
             runs += _chain_runs(net, "rewind0", "rewind0", SPARSE["levels"])
         for kind in SPARSE["kinds"]:
-            for start in (
-                ("scratch", "pretrained") if kind != "imp" else ("pretrained",)
-            ):
+            for start in (("scratch", "pretrained") if kind != "imp" else ("pretrained",)):
                 runs += [
                     (f"{kind}_{start}", lv, s,
                      f"results/{net}/seed{s}/sparse/rewind{k}/level{lv}/{kind}/{start}/metrics.h5")

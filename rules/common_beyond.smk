@@ -52,20 +52,14 @@ def stability_files(wildcards):
 def stability_targets():
     if not STABILITY_REWINDS:
         return []
-    return expand(
-        "results/figures/instability/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"]
-    )
+    return expand("results/figures/instability/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"])
 
 
 HESSIAN = config["hessian"]
-HESSIAN_ITS = sorted(
-    DENSE_CKPTS if HESSIAN["iterations"] is None else HESSIAN["iterations"]
-)
+HESSIAN_ITS = sorted(DENSE_CKPTS if HESSIAN["iterations"] is None else HESSIAN["iterations"])
 
 
 def sharpness_targets():
     if not HESSIAN_ITS:
         return []
-    return expand(
-        "results/figures/sharpness/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"]
-    )
+    return expand("results/figures/sharpness/{net}.{ext}", net=NETWORKS, ext=["pdf", "png"])

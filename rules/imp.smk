@@ -13,19 +13,13 @@ for _seeds in SEED_GROUPS:
             unpack(per_seed_inputs(imp_inputs, _seeds)),
             data=DATA_FILE,
         output:
-            mask=per_seed(
-                "results/{net}/seed{seed}/imp/{source}/level{level}/mask.pt", _seeds
-            ),
-            final=per_seed(
-                "results/{net}/seed{seed}/imp/{source}/level{level}/final.pt", _seeds
-            ),
+            mask=per_seed("results/{net}/seed{seed}/imp/{source}/level{level}/mask.pt", _seeds),
+            final=per_seed("results/{net}/seed{seed}/imp/{source}/level{level}/final.pt", _seeds),
             metrics=per_seed(
                 "results/{net}/seed{seed}/imp/{source}/level{level}/metrics.h5", _seeds
             ),
         log:
-            per_group(
-                "logs/{net}/seed{seed}/imp/{source}/level{level}/train.log", _seeds
-            ),
+            per_group("logs/{net}/seed{seed}/imp/{source}/level{level}/train.log", _seeds),
         benchmark:
             per_group(
                 "benchmarks/{net}/seed{seed}/imp/{source}/level{level}/train.tsv",

@@ -10,15 +10,9 @@ for _seeds in SEED_GROUPS:
             group_name("train_perturbed", _seeds)
         input:
             data=DATA_FILE,
-            start=per_seed(
-                "results/{net}/seed{seed}/dense/checkpoints/iter{k}.pt", _seeds
-            ),
-            init0=per_seed(
-                "results/{net}/seed{seed}/dense/checkpoints/iter0.pt", _seeds
-            ),
-            mask=per_seed(
-                "results/{net}/seed{seed}/imp/rewind{k}/level{level}/mask.pt", _seeds
-            ),
+            start=per_seed("results/{net}/seed{seed}/dense/checkpoints/iter{k}.pt", _seeds),
+            init0=per_seed("results/{net}/seed{seed}/dense/checkpoints/iter0.pt", _seeds),
+            mask=per_seed("results/{net}/seed{seed}/imp/rewind{k}/level{level}/mask.pt", _seeds),
         output:
             final=per_seed(
                 "results/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/final.pt",
@@ -50,9 +44,7 @@ for _seeds in SEED_GROUPS:
 
 rule figure_perturb:
     input:
-        summaries=expand(
-            "results/{{net}}/summary/perturb_rewind{k}.h5", k=PERTURB_REWINDS
-        ),
+        summaries=expand("results/{{net}}/summary/perturb_rewind{k}.h5", k=PERTURB_REWINDS),
         code=PLOTS_CODE,
     output:
         pdf="results/figures/figure{fig}/{net}.pdf",

@@ -13,16 +13,12 @@ for _seeds in SEED_GROUPS:
         input:
             data=DATA_FILE,
         output:
-            final=per_seed(
-                "results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt", _seeds
-            ),
+            final=per_seed("results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt", _seeds),
             metrics=per_seed(
                 "results/{net}/seed{seed}/pretrain/{task}/e{epochs}/metrics.h5", _seeds
             ),
         log:
-            per_group(
-                "logs/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.log", _seeds
-            ),
+            per_group("logs/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.log", _seeds),
         benchmark:
             per_group(
                 "benchmarks/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.tsv",
@@ -45,9 +41,7 @@ for _seeds in SEED_GROUPS:
             group_name("train_from_pretrained", _seeds)
         input:
             data=DATA_FILE,
-            start=per_seed(
-                "results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt", _seeds
-            ),
+            start=per_seed("results/{net}/seed{seed}/pretrain/{task}/e{epochs}/state.pt", _seeds),
         output:
             final=per_seed(
                 "results/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/final.pt",

@@ -6,12 +6,18 @@
 # table beside the figures (captions in report/).
 
 CLAIMS_NETWORK = "resnet20" if "resnet20" in NETWORKS else NETWORKS[0]
-CLAIMS_CODE = os.path.join(
-    workflow.basedir, "pipeline_scripts", "earlyphase", "claims.py"
-)
-CLAIMS_BEYOND_CODE = os.path.join(
-    workflow.basedir, "pipeline_scripts", "earlyphase", "claims_beyond.py"
-)
+# Its code as inputs: editing how a claim is judged or written re-makes the table, nothing else.
+CLAIMS_CODE = [
+    os.path.join(workflow.basedir, "pipeline_scripts", "earlyphase", f"{name}.py")
+    for name in (
+        "paper",
+        "claim",
+        "claims",
+        "claims_paper",
+        "claims_beyond",
+        "claims_io",
+    )
+]
 
 
 # (kind, key, path) of every file the claims table reads, for the configured experiments.
@@ -47,7 +53,13 @@ _CLAIMS_FILES = (
         else []
     )
     + (  # beyond the paper (issue 14)
-        [("stability", CLAIMS_NETWORK, f"results/{CLAIMS_NETWORK}/summary/stability.h5")]
+        [
+            (
+                "stability",
+                CLAIMS_NETWORK,
+                f"results/{CLAIMS_NETWORK}/summary/stability.h5",
+            )
+        ]
         if STABILITY_REWINDS
         else []
     )
@@ -62,7 +74,7 @@ _CLAIMS_FILES = (
 rule claims:
     input:
         files=[path for _, _, path in _CLAIMS_FILES],
-        code=[CLAIMS_CODE, CLAIMS_BEYOND_CODE],
+        code=CLAIMS_CODE,
     output:
         h5="results/claims/claims.h5",
         tsv="results/claims/claims.tsv",

@@ -39,4 +39,3 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def glob_escape(name: str) -> str:
     """``name`` as a glob pattern that matches only itself."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-

@@ -22,9 +22,7 @@ import math
 import numpy as np
 
 from . import aggregate, hessian, stability
-from .claims import (
-    MAIN_NETWORK,
-    MATCH_TOLERANCE,
+from .claim import (
     Claim,
     Scale,
     _fmt,
@@ -33,6 +31,8 @@ from .claims import (
     mean_std,
     scale_label,
 )
+from .claims_paper import MATCH_TOLERANCE
+from .paper import MAIN_NETWORK
 
 LMC = "Frankle, Dziugaite, Roy & Carbin (ICML 2020), Section 3-5: stable at k early in training"
 GUR_ARI = "Gur-Ari, Roberts & Dyer (2018), Section 2: top Hessian eigenvalues grow, then settle"

@@ -103,4 +103,3 @@ def read_attrs(path) -> dict:
             k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v)
             for k, v in f.attrs.items()
         }
-

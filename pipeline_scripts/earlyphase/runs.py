@@ -473,8 +473,10 @@ def run_group(
     if len(starts) != 1:
         raise ValueError(f"jobs of one group must share their start iteration, not {starts}")
     if any(p.opts.data_stream for p in prepared):
-        raise ValueError("grouped jobs train the seeds' own data streams; run a job with a "
-                         "data_stream (a stability copy) on its own")
+        raise ValueError(
+            "grouped jobs train the seeds' own data streams; run a job with a "
+            "data_stream (a stability copy) on its own"
+        )
     log(f"training {len(jobs)} runs together ({method})")
     started = time.time()
     result = multirun.train_group(

@@ -91,8 +91,15 @@ class Recorder:
         rows = len(self.iterations)
         self.values = {
             k: torch.full((rows,), float("nan"), dtype=torch.float64)
-            for k in ("mean_abs", "sign_changed", "grad_norm", "grad_norm_full", "grad_norm_step",
-                      "dist_init", "cos_init")
+            for k in (
+                "mean_abs",
+                "sign_changed",
+                "grad_norm",
+                "grad_norm_full",
+                "grad_norm_step",
+                "dist_init",
+                "cos_init",
+            )
         }
         self.values["ten_weights"] = torch.full((rows, 10), float("nan"), dtype=torch.float64)
         self._pending = []  # (row, key, device tensor): host copies happen at flush()

@@ -87,9 +87,16 @@ def run_mask(run_dir: Path, network: str, args) -> tuple[dict | None, str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--network", required=True)
-    ap.add_argument("--k", type=int, required=True, help="rewind iteration whose weights to perturb")
-    ap.add_argument("--dense", nargs="+", required=True, type=Path,
-                    help="dense run directories (.../seed<N>/dense) with checkpoints/iter<k>.pt")
+    ap.add_argument(
+        "--k", type=int, required=True, help="rewind iteration whose weights to perturb"
+    )
+    ap.add_argument(
+        "--dense",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="dense run directories (.../seed<N>/dense) with checkpoints/iter<k>.pt",
+    )
     ap.add_argument("--mask-dir", help="IMP level directory holding mask.pt ({seed} substituted)")
     ap.add_argument("--standin-iteration", type=int, help="stand-in mask from these weights")
     ap.add_argument("--standin-keep", type=float, default=0.262, help="stand-in: fraction kept")

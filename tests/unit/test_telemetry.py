@@ -114,8 +114,12 @@ def test_sample_gradient_is_the_mean_batch_norm_and_leaves_training_untouched(tm
         gs = torch.autograd.grad(loss_fn(x[i : i + 4], y[i : i + 4]), params)
         flat.append(torch.cat([t.reshape(-1) for t in gs]))
     with h5py.File(tmp_path / "t.h5") as f:
-        assert f["grad_norm"][0] == pytest.approx(float(torch.stack([v.norm() for v in flat]).mean()), rel=1e-5)
-        assert f["grad_norm_full"][0] == pytest.approx(float(torch.stack(flat).mean(0).norm()), rel=1e-5)
+        assert f["grad_norm"][0] == pytest.approx(
+            float(torch.stack([v.norm() for v in flat]).mean()), rel=1e-5
+        )
+        assert f["grad_norm_full"][0] == pytest.approx(
+            float(torch.stack(flat).mean(0).norm()), rel=1e-5
+        )
         assert f["grad_norm_full"][0] < f["grad_norm"][0]  # the noise part is gone
 
 

@@ -119,7 +119,11 @@ def _assert_beyond_the_paper(res):
     for fig in ("instability", "sharpness"):
         assert (res / "figures" / fig / "resnet8_w4.png").stat().st_size > 1000, fig
     rows = (res / "claims" / "claims.tsv").read_text()
-    for cid in ("beyond_lmc_dense_stable", "beyond_lmc_stable_iff_matching", "beyond_hessian_grows"):
+    for cid in (
+        "beyond_lmc_dense_stable",
+        "beyond_lmc_stable_iff_matching",
+        "beyond_hessian_grows",
+    ):
         assert cid in rows
 
 
