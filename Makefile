@@ -31,7 +31,9 @@ smoke: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/ruff check pipeline_scripts tests
+	$(BIN)/ruff format --check pipeline_scripts tests
 
 # The rule graph checked into docs/ (tests/workflow/test_workflow.py keeps it current).
 rulegraph: $(STAMP)

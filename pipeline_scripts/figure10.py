@@ -8,6 +8,12 @@ from pipeline_scripts.earlyphase import plots  # noqa: E402
 
 smk = snakemake  # noqa: F821
 p = smk.params
-plots.figure10(smk.input.summary, [smk.output.pdf, smk.output.png], smk.wildcards.net,
-               rewind=p.rewind, task=p.task, epochs=p.epochs)  # fmt: skip
+plots.figure10(
+    smk.input.summary,
+    [smk.output.pdf, smk.output.png],
+    smk.wildcards.net,
+    rewind=p.rewind,
+    task=p.task,
+    epochs=p.epochs,
+)
 log(f"drew {smk.output.pdf}")

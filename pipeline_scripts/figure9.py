@@ -8,6 +8,12 @@ from pipeline_scripts.earlyphase import plots  # noqa: E402
 
 smk = snakemake  # noqa: F821
 p = smk.params
-plots.figure9(list(smk.input.summaries), list(p.tasks), list(p.epochs), list(p.references),
-              [smk.output.pdf, smk.output.png], smk.wildcards.net)  # fmt: skip
+plots.figure9(
+    list(smk.input.summaries),
+    list(p.tasks),
+    list(p.epochs),
+    list(p.references),
+    [smk.output.pdf, smk.output.png],
+    smk.wildcards.net,
+)
 log(f"drew {smk.output.pdf}")

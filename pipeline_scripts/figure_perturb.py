@@ -15,8 +15,10 @@ if fig == 8:
     for k, r, p, points in plots.figure8(*args, smk.params.figure8_level, out, smk.wildcards.net):
         log(f"k={k}: Pearson r={r:.3f} p={p:.3g} over {len(points)} variants")
         for pt in points:
-            log(f"  {pt['variant']:<28} {pt['family']:<18} eff.std {pt['effective_std']:.4f}"
-                f"  acc {pt['accuracy']:.2f}")  # fmt: skip
+            log(
+                f"  {pt['variant']:<28} {pt['family']:<18} eff.std {pt['effective_std']:.4f}"
+                f"  acc {pt['accuracy']:.2f}"
+            )
 else:
     plots.figure_perturbations(*args, fig, out, smk.wildcards.net)
 log(f"drew {smk.output.pdf}")

@@ -98,8 +98,16 @@ def main_network(networks: list[str]) -> str:
 def from_layout(layout, paths) -> dict:
     """``build_claims`` keyword arguments from the rule's (kind, key) list and its input files:
     dense (network/seed), telemetry / imp / sparse (network), perturb (k), pretrain (task)."""
-    out = {"dense": {}, "telemetry": None, "imp": None, "perturb": {}, "pretrain": {},
-           "sparse": None, "stability": None, "hessian": None}  # fmt: skip
+    out = {
+        "dense": {},
+        "telemetry": None,
+        "imp": None,
+        "perturb": {},
+        "pretrain": {},
+        "sparse": None,
+        "stability": None,
+        "hessian": None,
+    }
     for (kind, key), path in zip(layout, paths, strict=True):
         if kind == "dense":
             out["dense"].setdefault(str(key).split("/")[0], []).append(str(path))

@@ -40,35 +40,74 @@ SETTLE_TOLERANCE = 0.25  # relative change between the last two measured points:
 
 
 def _row(cid: str, desc: str, paper: str, rule: str, source: str, **kw) -> Claim:
-    return Claim(id=cid, paper_ref="beyond the paper", network=MAIN_NETWORK, description=desc,
-                 paper=paper, source=source, rule=rule, **kw)  # fmt: skip
+    return Claim(
+        id=cid,
+        paper_ref="beyond the paper",
+        network=MAIN_NETWORK,
+        description=desc,
+        paper=paper,
+        source=source,
+        rule=rule,
+        **kw,
+    )
 
 
 def stability_claims(scale: Scale | None, path: str | None, imp_path: str | None) -> list[Claim]:
     thr = stability.STABLE_BARRIER
     rows = [
-        _row("beyond_lmc_dense_stable", "Dense network: two copies trained from the latest rewind "
-             "point end linearly connected (error barrier, pp)", "barrier ≈ 0 within the first "
-             "few thousand iterations", f"barrier < {thr:g} pp", LMC, accept_high=thr,
-             paper_value=0.0),
-        _row("beyond_lmc_dense_falls", "Dense network: the barrier falls from k = 0 to the latest "
-             "rewind point (barrier at 0 minus barrier at the latest k, pp)", "unstable at or near "
-             "initialisation, stable early in training", f"fall >= {thr:g} pp", LMC,
-             accept_low=thr),
-        _row("beyond_lmc_sparse_unstable_k0", "IMP sub-network: unstable when rewound to k = 0 "
-             "(error barrier, pp)", "IMP sub-networks at high sparsity are unstable at k = 0",
-             f"barrier >= {thr:g} pp", LMC, accept_low=thr),
-        _row("beyond_lmc_sparse_stable", "IMP sub-network: stable when rewound to the latest "
-             "rewind point (error barrier, pp)", "stable from early in training",
-             f"barrier < {thr:g} pp", LMC, accept_high=thr, paper_value=0.0),
-        _row("beyond_lmc_stable_iff_matching", "IMP sub-networks match the dense network exactly "
-             "at the rewind points where they are stable (fraction of rewind points where "
-             f"'barrier < {thr:g} pp' and 'IMP - dense >= -{MATCH_TOLERANCE:g} pp' agree)",
-             "matching iff stable", "all agree (1.0)", LMC, accept_low=1.0, paper_value=1.0),
-    ]  # fmt: skip
+        _row(
+            "beyond_lmc_dense_stable",
+            "Dense network: two copies trained from the latest rewind "
+            "point end linearly connected (error barrier, pp)",
+            "barrier ≈ 0 within the first few thousand iterations",
+            f"barrier < {thr:g} pp",
+            LMC,
+            accept_high=thr,
+            paper_value=0.0,
+        ),
+        _row(
+            "beyond_lmc_dense_falls",
+            "Dense network: the barrier falls from k = 0 to the latest "
+            "rewind point (barrier at 0 minus barrier at the latest k, pp)",
+            "unstable at or near initialisation, stable early in training",
+            f"fall >= {thr:g} pp",
+            LMC,
+            accept_low=thr,
+        ),
+        _row(
+            "beyond_lmc_sparse_unstable_k0",
+            "IMP sub-network: unstable when rewound to k = 0 (error barrier, pp)",
+            "IMP sub-networks at high sparsity are unstable at k = 0",
+            f"barrier >= {thr:g} pp",
+            LMC,
+            accept_low=thr,
+        ),
+        _row(
+            "beyond_lmc_sparse_stable",
+            "IMP sub-network: stable when rewound to the latest rewind point (error barrier, pp)",
+            "stable from early in training",
+            f"barrier < {thr:g} pp",
+            LMC,
+            accept_high=thr,
+            paper_value=0.0,
+        ),
+        _row(
+            "beyond_lmc_stable_iff_matching",
+            "IMP sub-networks match the dense network exactly "
+            "at the rewind points where they are stable (fraction of rewind points where "
+            f"'barrier < {thr:g} pp' and 'IMP - dense >= -{MATCH_TOLERANCE:g} pp' agree)",
+            "matching iff stable",
+            "all agree (1.0)",
+            LMC,
+            accept_low=1.0,
+            paper_value=1.0,
+        ),
+    ]
     if scale is None or not path:
-        return [r.not_run("stability.rewind_iterations is empty (no instability analysis)")
-                for r in rows]  # fmt: skip
+        return [
+            r.not_run("stability.rewind_iterations is empty (no instability analysis)")
+            for r in rows
+        ]
     summary = stability.read_summary(path)
     gaps = main_gaps(scale)
     label = scale_label(scale)
@@ -136,8 +175,10 @@ def _agreement(row: Claim, sparse: dict, level: int, imp_path: str | None, gaps)
         stable = float(sparse["barrier_mean"][i]) < stability.STABLE_BARRIER
         matching = gap >= -MATCH_TOLERANCE
         agree.append(stable == matching)
-        detail.append(f"k={k}: barrier {sparse['barrier_mean'][i]:.1f} pp, IMP - dense {gap:+.1f}"
-                      f" pp{'' if stable == matching else ' (disagree)'}")  # fmt: skip
+        detail.append(
+            f"k={k}: barrier {sparse['barrier_mean'][i]:.1f} pp, IMP - dense {gap:+.1f}"
+            f" pp{'' if stable == matching else ' (disagree)'}"
+        )
     if not agree:
         return row.not_run(f"no IMP chain reaches level {level} at the stability rewind points")
     frac = float(np.mean(agree))
@@ -148,14 +189,27 @@ def _agreement(row: Claim, sparse: dict, level: int, imp_path: str | None, gaps)
 
 def hessian_claims(scale: Scale | None, path: str | None) -> list[Claim]:
     rows = [
-        _row("beyond_hessian_grows", "Top Hessian eigenvalue grows in the early phase (largest "
-             "mean value over the measured iterations / value at iteration 0)", "grows fast at "
-             "the start of training", "ratio > 1", GUR_ARI, accept_low=1.0 + 1e-9),
-        _row("beyond_hessian_settles", "... then settles (relative change of the mean top "
-             "eigenvalue between the last two measured iterations)", "settles after the first "
-             "phase", f"|change| <= {SETTLE_TOLERANCE:g}", GUR_ARI,
-             accept_low=-SETTLE_TOLERANCE, accept_high=SETTLE_TOLERANCE, paper_value=0.0),
-    ]  # fmt: skip
+        _row(
+            "beyond_hessian_grows",
+            "Top Hessian eigenvalue grows in the early phase (largest "
+            "mean value over the measured iterations / value at iteration 0)",
+            "grows fast at the start of training",
+            "ratio > 1",
+            GUR_ARI,
+            accept_low=1.0 + 1e-9,
+        ),
+        _row(
+            "beyond_hessian_settles",
+            "... then settles (relative change of the mean top "
+            "eigenvalue between the last two measured iterations)",
+            "settles after the first phase",
+            f"|change| <= {SETTLE_TOLERANCE:g}",
+            GUR_ARI,
+            accept_low=-SETTLE_TOLERANCE,
+            accept_high=SETTLE_TOLERANCE,
+            paper_value=0.0,
+        ),
+    ]
     if scale is None or not path:
         return [r.not_run("hessian.iterations is empty (no Hessian measurement)") for r in rows]
     s = hessian.read_summary(path)
@@ -170,8 +224,10 @@ def hessian_claims(scale: Scale | None, path: str | None) -> list[Claim]:
         peak = int(np.argmax(mean))
         ratios = per_seed[:, peak] / per_seed[:, 0]
         m, sd, n = mean_std(ratios)
-        rows[0].measured = (f"{m:.2f} ± {sd:.2f} (n = {n}): {mean[0]:.3g} at 0 -> peak "
-                            f"{mean[peak]:.3g} at iteration {int(its[peak])}")  # fmt: skip
+        rows[0].measured = (
+            f"{m:.2f} ± {sd:.2f} (n = {n}): {mean[0]:.3g} at 0 -> peak "
+            f"{mean[peak]:.3g} at iteration {int(its[peak])}"
+        )
         rows[0].measured_std, rows[0].n = sd, n
         out.append(rows[0].judge(m, gaps))
     else:
@@ -179,8 +235,9 @@ def hessian_claims(scale: Scale | None, path: str | None) -> list[Claim]:
     if len(its) >= 2:
         change = per_seed[:, -1] / per_seed[:, -2] - 1.0
         m, sd, n = mean_std(change)
-        rows[1].measured = (f"{m:+.2f} ± {sd:.2f} (n = {n}) between iterations {int(its[-2])} "
-                            f"and {int(its[-1])}")  # fmt: skip
+        rows[1].measured = (
+            f"{m:+.2f} ± {sd:.2f} (n = {n}) between iterations {int(its[-2])} and {int(its[-1])}"
+        )
         rows[1].measured_std, rows[1].n = sd, n
         out.append(rows[1].judge(m if math.isfinite(m) else float("nan"), gaps))
     else:

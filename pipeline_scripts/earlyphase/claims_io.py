@@ -66,8 +66,10 @@ def read_h5(path) -> tuple[list[dict], dict]:
         g = f["claims"]
         cols = {c: (g[c].asstr()[()] if g[c].dtype.kind == "O" else g[c][()]) for c in g}
         n = len(cols["id"])
-        rows = [{c: (v[i].item() if hasattr(v[i], "item") else v[i]) for c, v in cols.items()}
-                for i in range(n)]  # fmt: skip
+        rows = [
+            {c: (v[i].item() if hasattr(v[i], "item") else v[i]) for c, v in cols.items()}
+            for i in range(n)
+        ]
         return rows, dict(f.attrs)
 
 
@@ -88,21 +90,44 @@ def write_tsv(path, rows: list[Claim]) -> None:
     _atomic(path, write)
 
 
-_VERDICT_COLOURS = {REPRODUCED: "#d8f0d8", NOT_REPRODUCED: "#f6d5d5",
-                    NOT_COMPARABLE: "#f7ecd0", NOT_RUN: "#e6e6e6"}  # fmt: skip
+_VERDICT_COLOURS = {
+    REPRODUCED: "#d8f0d8",
+    NOT_REPRODUCED: "#f6d5d5",
+    NOT_COMPARABLE: "#f7ecd0",
+    NOT_RUN: "#e6e6e6",
+}
 
 
 def write_html(path, rows: list[Claim], lines: list[str]) -> None:
     """A self-contained HTML page: the run's scale, verdict counts and rules, then the table."""
     e = html.escape
     counts = verdict_counts(rows)
-    head = ["Claim", "Paper", "Network", "What", "Paper value", "This run", "Verdict",
-            "Rule", "Note", "Scale"]  # fmt: skip
+    head = [
+        "Claim",
+        "Paper",
+        "Network",
+        "What",
+        "Paper value",
+        "This run",
+        "Verdict",
+        "Rule",
+        "Note",
+        "Scale",
+    ]
     body = []
     for r in rows:
-        cells = [r.id, r.paper_ref, r.network, r.description,
-                 f"{e(r.paper)}<br><small>{e(r.source)}</small>", r.measured, r.verdict, r.rule,
-                 r.note, r.scale]  # fmt: skip
+        cells = [
+            r.id,
+            r.paper_ref,
+            r.network,
+            r.description,
+            f"{e(r.paper)}<br><small>{e(r.source)}</small>",
+            r.measured,
+            r.verdict,
+            r.rule,
+            r.note,
+            r.scale,
+        ]
         tds = "".join(
             f"<td>{c}</td>" if i == 4 else f"<td>{e(str(c))}</td>" for i, c in enumerate(cells)
         )

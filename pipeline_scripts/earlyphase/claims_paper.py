@@ -109,8 +109,10 @@ def table_a1(scales: dict[str, Scale]) -> list[Claim]:
 # ---- Section 4: the Figure 2 timeline ----------------------------------------------------------
 def read_telemetry(path) -> dict:
     with h5py.File(path, "r") as f:
-        out = {k: f[k][()] for k in ("iteration", "grad_norm/seeds", "accuracy/seeds",
-                                     "sign_changed/seeds")}  # fmt: skip
+        out = {
+            k: f[k][()]
+            for k in ("iteration", "grad_norm/seeds", "accuracy/seeds", "sign_changed/seeds")
+        }
         out["final_accuracy_mean"] = float(f.attrs["final_accuracy_mean"])
         out["timeline"] = dict(f["timeline"].attrs) if "timeline" in f else {}
     return out
@@ -136,9 +138,18 @@ def timeline_claims(scale: Scale | None, telemetry_path) -> list[Claim]:
     seeds = per_seed_timelines(tel) if tel else []
     window = int(tel["iteration"][-1]) if tel else 0
     for cid, key, desc, paper, value, (lo, hi), rule, needed, unit, source in TIMELINE:
-        c = Claim(id=cid, paper_ref="Figure 2 / Section 4", network=MAIN_NETWORK,
-                  description=desc, paper=paper, source=source, rule=rule, paper_value=value,
-                  accept_low=lo, accept_high=hi)  # fmt: skip
+        c = Claim(
+            id=cid,
+            paper_ref="Figure 2 / Section 4",
+            network=MAIN_NETWORK,
+            description=desc,
+            paper=paper,
+            source=source,
+            rule=rule,
+            paper_value=value,
+            accept_low=lo,
+            accept_high=hi,
+        )
         if scale is None or tel is None:
             rows.append(c.not_run("no telemetry summary for the main network"))
             continue
@@ -161,15 +172,23 @@ def _paired_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
 
 
 def figure1_claims(scale: Scale | None, imp_path, levels: int) -> list[Claim]:
-    base = dict(paper_ref="Figure 1 / Section 3", network=MAIN_NETWORK,
-                source='Section 3: "For k >= 500, sub-networks can match the performance of the '
-                       'original network with 16.8% of weights remaining"')  # fmt: skip
+    base = dict(
+        paper_ref="Figure 1 / Section 3",
+        network=MAIN_NETWORK,
+        source='Section 3: "For k >= 500, sub-networks can match the performance of the '
+        'original network with 16.8% of weights remaining"',
+    )
     summary = aggregate.read_summary(imp_path) if scale and imp_path else {}
     rewinds = [int(n.removeprefix("rewind")) for n in plots.rewind_series(summary)]
     if not rewinds:
-        c = Claim(id="figure1_match_k500+", description="IMP rewound to k >= 500 matches the "
-                  "dense network at 16.8% of weights remaining", paper="matches dense at 16.8%",
-                  rule=f"IMP - dense >= -{MATCH_TOLERANCE:g} pp", **base)  # fmt: skip
+        c = Claim(
+            id="figure1_match_k500+",
+            description="IMP rewound to k >= 500 matches the "
+            "dense network at 16.8% of weights remaining",
+            paper="matches dense at 16.8%",
+            rule=f"IMP - dense >= -{MATCH_TOLERANCE:g} pp",
+            **base,
+        )
         return [c.not_run("IMP is disabled (imp.levels 0 or no rewind points)")]
     dense = summary["dense"]
     dense_acc = dense["accuracy"][_row_at(dense, 0)]
@@ -182,8 +201,10 @@ def figure1_claims(scale: Scale | None, imp_path, levels: int) -> list[Claim]:
         if abs(rem[i] - FIGURE1_REMAINING) <= 0.5:
             return i, []
         i = int(np.argmin(rem))
-        return i, [f"IMP stops at {rem[i]:.1f}% of weights remaining (level "
-                   f"{int(series['level'][i])}); the claim is at 16.8% (level 8)"]  # fmt: skip
+        return i, [
+            f"IMP stops at {rem[i]:.1f}% of weights remaining (level "
+            f"{int(series['level'][i])}); the claim is at 16.8% (level 8)"
+        ]
 
     late = [k for k in rewinds if k >= FIGURE1_MIN_K]
     chosen = [(k, []) for k in late]
@@ -194,14 +215,20 @@ def figure1_claims(scale: Scale | None, imp_path, levels: int) -> list[Claim]:
         s = summary[f"rewind{k}"]
         i, level_gaps = at_target(s)
         m, sd, n = _paired_gap(s["accuracy"][i], dense_acc)
-        c = Claim(id=f"figure1_match_k{k}" if k >= FIGURE1_MIN_K else "figure1_match_k500+",
-                  description=f"IMP rewound to k = {k} matches the dense network at 16.8% of "
-                  "weights remaining (measured: IMP - dense, pp)",
-                  paper=f"matches dense ({TABLE_A1[MAIN_NETWORK][0]}%) at 16.8%",
-                  rule=f"IMP - dense >= -{MATCH_TOLERANCE:g} pp", paper_value=0.0,
-                  accept_low=-MATCH_TOLERANCE, **base)  # fmt: skip
-        c.measured = (f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {s['mean'][i]:.1f}% at "
-                      f"{s['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%")  # fmt: skip
+        c = Claim(
+            id=f"figure1_match_k{k}" if k >= FIGURE1_MIN_K else "figure1_match_k500+",
+            description=f"IMP rewound to k = {k} matches the dense network at 16.8% of "
+            "weights remaining (measured: IMP - dense, pp)",
+            paper=f"matches dense ({TABLE_A1[MAIN_NETWORK][0]}%) at 16.8%",
+            rule=f"IMP - dense >= -{MATCH_TOLERANCE:g} pp",
+            paper_value=0.0,
+            accept_low=-MATCH_TOLERANCE,
+            **base,
+        )
+        c.measured = (
+            f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {s['mean'][i]:.1f}% at "
+            f"{s['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%"
+        )
         c.measured_std, c.n, c.network = sd, n, scale.network
         c.scale = scale_label(scale, levels)
         rows.append(c.judge(m, [*main_gaps(scale), *k_gaps, *level_gaps]))
@@ -209,15 +236,23 @@ def figure1_claims(scale: Scale | None, imp_path, levels: int) -> list[Claim]:
         s = summary["rewind0"]
         i, level_gaps = at_target(s)
         m, sd, n = _paired_gap(s["accuracy"][i], dense_acc)
-        c = Claim(id="figure1_k0_below", paper_ref="Figure 1 / Section 2", network=scale.network,
-                  description="IMP rewound to k = 0 falls below the dense network at 16.8% "
-                  "(rewinding later is necessary; measured: IMP - dense, pp)",
-                  paper="below dense at 16.8%",
-                  source='Section 2: "it is necessary to rewind to a later point during training '
-                  'for IMP to succeed"; Figure 1', rule=f"IMP - dense < -{MATCH_TOLERANCE:g} pp",
-                  accept_high=-MATCH_TOLERANCE, scale=scale_label(scale, levels))  # fmt: skip
-        c.measured = (f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {s['mean'][i]:.1f}% at "
-                      f"{s['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%")  # fmt: skip
+        c = Claim(
+            id="figure1_k0_below",
+            paper_ref="Figure 1 / Section 2",
+            network=scale.network,
+            description="IMP rewound to k = 0 falls below the dense network at 16.8% "
+            "(rewinding later is necessary; measured: IMP - dense, pp)",
+            paper="below dense at 16.8%",
+            source='Section 2: "it is necessary to rewind to a later point during training '
+            'for IMP to succeed"; Figure 1',
+            rule=f"IMP - dense < -{MATCH_TOLERANCE:g} pp",
+            accept_high=-MATCH_TOLERANCE,
+            scale=scale_label(scale, levels),
+        )
+        c.measured = (
+            f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {s['mean'][i]:.1f}% at "
+            f"{s['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%"
+        )
         c.measured_std, c.n = sd, n
         rows.append(c.judge(m, [*main_gaps(scale), *level_gaps]))
     return rows
@@ -248,8 +283,11 @@ def find_variant(variants: dict, spec: dict) -> str | None:
 
 def _perturb_choice(perturb: dict, wanted_k: int) -> tuple[int, list[str]]:
     k = _closest(wanted_k, perturb)
-    gaps = [] if k == wanted_k else [f"perturbations at k = {k} (the paper's k = {wanted_k} "
-                                      f"was not run)"]  # fmt: skip
+    gaps = (
+        []
+        if k == wanted_k
+        else [f"perturbations at k = {k} (the paper's k = {wanted_k} was not run)"]
+    )
     return k, gaps
 
 
@@ -259,8 +297,9 @@ def _level_gap(summary: dict, level: int, wanted: float) -> tuple[float, list[st
     rem = float(s["remaining_percent"][i]) if i is not None else _NAN
     if math.isfinite(rem) and abs(rem - wanted) <= 0.5:
         return rem, []
-    return rem, [f"compared at {rem:.1f}% of weights remaining (level {level}); the paper at "
-                 f"{wanted}%"]  # fmt: skip
+    return rem, [
+        f"compared at {rem:.1f}% of weights remaining (level {level}); the paper at {wanted}%"
+    ]
 
 
 def effective_std_claims(
@@ -273,12 +312,19 @@ def effective_std_claims(
     rem, level_gaps = _level_gap(summary, level, FIGURE8_REMAINING) if summary else (_NAN, [])
     for suffix, spec, value, where, what in EFFECTIVE_STD:
         lo, hi = value * (1 - EFFECTIVE_STD_TOLERANCE), value * (1 + EFFECTIVE_STD_TOLERANCE)
-        c = Claim(id=f"effective_std_{suffix}", paper_ref="Section 5 / Figure 8",
-                  network=MAIN_NETWORK, description=f"effective std of the perturbation at "
-                  f"k = 500: {what}", paper=f"0.0 ± {value:g} (mean ± std)",
-                  source=f"{where} (k = 500; the paper does not state the sparsity: compared at "
-                  "Figure 8's 26.2%)", rule=f"within {EFFECTIVE_STD_TOLERANCE:.0%} of {value:g}",
-                  paper_value=value, accept_low=lo, accept_high=hi)  # fmt: skip
+        c = Claim(
+            id=f"effective_std_{suffix}",
+            paper_ref="Section 5 / Figure 8",
+            network=MAIN_NETWORK,
+            description=f"effective std of the perturbation at k = 500: {what}",
+            paper=f"0.0 ± {value:g} (mean ± std)",
+            source=f"{where} (k = 500; the paper does not state the sparsity: compared at "
+            "Figure 8's 26.2%)",
+            rule=f"within {EFFECTIVE_STD_TOLERANCE:.0%} of {value:g}",
+            paper_value=value,
+            accept_low=lo,
+            accept_high=hi,
+        )
         if scale is None or summary is None:
             rows.append(c.not_run("perturbations are disabled (perturb.run is empty)"))
             continue
@@ -294,12 +340,19 @@ def effective_std_claims(
         c.measured_std, c.n = sd, n
         rows.append(c.judge(m, [*main_gaps(scale), *k_gaps, *level_gaps]))
 
-    c = Claim(id="effective_mean_zero", paper_ref="Figure 8", network=MAIN_NETWORK,
-              description="every perturbation's mean change is about 0 (measured: the largest "
-              "|mean| / effective std over the variants)", paper="approximately 0",
-              source='Figure 8 caption: "The mean of each perturbation was approximately 0"',
-              rule=f"|mean| <= {EFFECTIVE_MEAN_RATIO:g} x effective std for every variant",
-              paper_value=0.0, accept_low=0.0, accept_high=EFFECTIVE_MEAN_RATIO)  # fmt: skip
+    c = Claim(
+        id="effective_mean_zero",
+        paper_ref="Figure 8",
+        network=MAIN_NETWORK,
+        description="every perturbation's mean change is about 0 (measured: the largest "
+        "|mean| / effective std over the variants)",
+        paper="approximately 0",
+        source='Figure 8 caption: "The mean of each perturbation was approximately 0"',
+        rule=f"|mean| <= {EFFECTIVE_MEAN_RATIO:g} x effective std for every variant",
+        paper_value=0.0,
+        accept_low=0.0,
+        accept_high=EFFECTIVE_MEAN_RATIO,
+    )
     if scale is None or summary is None:
         return [*rows, c.not_run("perturbations are disabled (perturb.run is empty)")]
     ratios = {}
@@ -321,19 +374,32 @@ def figure8_claims(
     """Figure 8's Pearson r and p per k, computed exactly as the figure does."""
     rows = []
     for k_paper, (r_paper, p_paper) in FIGURE8.items():
-        where = (f"Section 5.3 and Figure 8 caption: k = {k_paper}, r = {r_paper}, "
-                 f"p = {p_paper}")  # fmt: skip
-        r_row = Claim(id=f"figure8_r_k{k_paper}", paper_ref="Figure 8 / Section 5.3",
-                      network=MAIN_NETWORK, description=f"Pearson r of effective std vs mean "
-                      f"accuracy across perturbations at 26.2% remaining, k = {k_paper}",
-                      paper=f"r = {r_paper}", source=where,
-                      rule=f"within {R_TOLERANCE:g} of {r_paper}", paper_value=r_paper,
-                      accept_low=r_paper - R_TOLERANCE, accept_high=r_paper + R_TOLERANCE)  # fmt: skip
-        p_row = Claim(id=f"figure8_p_k{k_paper}", paper_ref="Figure 8 / Section 5.3",
-                      network=MAIN_NETWORK, description=f"two-sided p of that correlation, "
-                      f"k = {k_paper}", paper=f"p = {p_paper}", source=where,
-                      rule=f"p < {P_THRESHOLD:g} (significant, as the paper's)",
-                      paper_value=p_paper, accept_low=0.0, accept_high=P_THRESHOLD)  # fmt: skip
+        where = f"Section 5.3 and Figure 8 caption: k = {k_paper}, r = {r_paper}, p = {p_paper}"
+        r_row = Claim(
+            id=f"figure8_r_k{k_paper}",
+            paper_ref="Figure 8 / Section 5.3",
+            network=MAIN_NETWORK,
+            description=f"Pearson r of effective std vs mean "
+            f"accuracy across perturbations at 26.2% remaining, k = {k_paper}",
+            paper=f"r = {r_paper}",
+            source=where,
+            rule=f"within {R_TOLERANCE:g} of {r_paper}",
+            paper_value=r_paper,
+            accept_low=r_paper - R_TOLERANCE,
+            accept_high=r_paper + R_TOLERANCE,
+        )
+        p_row = Claim(
+            id=f"figure8_p_k{k_paper}",
+            paper_ref="Figure 8 / Section 5.3",
+            network=MAIN_NETWORK,
+            description=f"two-sided p of that correlation, k = {k_paper}",
+            paper=f"p = {p_paper}",
+            source=where,
+            rule=f"p < {P_THRESHOLD:g} (significant, as the paper's)",
+            paper_value=p_paper,
+            accept_low=0.0,
+            accept_high=P_THRESHOLD,
+        )
         if scale is None or not perturb:
             why = "perturbations are disabled (perturb.run is empty)"
             rows += [r_row.not_run(why), p_row.not_run(why)]
@@ -345,8 +411,10 @@ def figure8_claims(
         rem, level_gaps = _level_gap(summary, level, FIGURE8_REMAINING)
         gaps = [*main_gaps(scale), *k_gaps, *level_gaps]
         if len(points) < FIGURE8_MIN_POINTS:
-            gaps.append(f"only {len(points)} perturbation variants (the paper correlates all of "
-                        f"Section 5's; at least {FIGURE8_MIN_POINTS} needed)")  # fmt: skip
+            gaps.append(
+                f"only {len(points)} perturbation variants (the paper correlates all of "
+                f"Section 5's; at least {FIGURE8_MIN_POINTS} needed)"
+            )
         for row, value, text in ((r_row, r, f"r = {r:.3f}"), (p_row, p, f"p = {p:.3g}")):
             row.network, row.scale, row.n = scale.network, scale_label(scale), len(points)
             row.measured = f"{text} ({len(points)} variants, k = {k}, {rem:.1f}%)"
@@ -365,16 +433,18 @@ def level_gap(summary: dict, a: str, b: str) -> tuple[float, float, int]:
     common = sorted(set(sa["level"].tolist()) & set(sb["level"].tolist()) - {0})
     if not common:
         return _NAN, _NAN, 0
-    diff = np.stack([sa["accuracy"][_row_at(sa, lv)] - sb["accuracy"][_row_at(sb, lv)]
-                     for lv in common])  # fmt: skip
+    diff = np.stack(
+        [sa["accuracy"][_row_at(sa, lv)] - sb["accuracy"][_row_at(sb, lv)] for lv in common]
+    )
     with np.errstate(all="ignore"):
         per_seed = np.nanmean(diff, axis=0)
     return mean_std(per_seed)
 
 
 def _durations(summary: dict) -> dict[float, str]:
-    return {float(m[1]): n for n in aggregate.series_names(summary)
-            if (m := _EPOCH_SERIES.fullmatch(n))}  # fmt: skip
+    return {
+        float(m[1]): n for n in aggregate.series_names(summary) if (m := _EPOCH_SERIES.fullmatch(n))
+    }
 
 
 def _reference(summary: dict, wanted: int) -> tuple[str | None, list[str]]:
@@ -389,35 +459,76 @@ def _gap_text(m: float, sd: float, n: int, a: str, b: str) -> str:
     return f"{m:+.1f} ± {sd:.1f} pp (n = {n}; {a} - {b}, mean over the pruned levels)"
 
 
-def pretrain_claims(scale: Scale | None, pretrain: dict[str, str], sparse_path,
-                    sparse: dict, levels: int) -> list[Claim]:  # fmt: skip
+def pretrain_claims(
+    scale: Scale | None, pretrain: dict[str, str], sparse_path, sparse: dict, levels: int
+) -> list[Claim]:
     rows = []
     specs = [  # (task, id, description, paper text, source, reference k, mode, rule, lo, hi)
-        ("rotation", "pretrain_rotation_e40",
-         "IMP from a state pre-trained 40 epochs on rotation prediction is similar to IMP "
-         "rewound to iteration 500", "similar to rewinding to 500",
-         "Section 6.2 and Figure 9 (upper right)", PRETRAIN_REWIND, "e40",
-         f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp", -GAP_TOLERANCE, math.inf),
-        ("blur", "pretrain_blur_e40",
-         "IMP from a state pre-trained 40 epochs on 4x blurred images is similar to IMP "
-         "rewound to iteration 500", "similar to rewinding to 500",
-         "Section 6.3 and Figure 9 (bottom left)", PRETRAIN_REWIND, "e40",
-         f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp", -GAP_TOLERANCE, math.inf),
-        ("random_labels", "pretrain_random_labels",
-         "pre-training on random labels for up to 10 epochs gives no improvement over "
-         "rewinding to iteration 0 (largest gap over those durations)", "no improvement over k = 0",
-         "Section 6.1 and Figure 9 (upper left)", 0, "max<=10",
-         f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp", -math.inf, NO_GAIN_TOLERANCE),
-        ("blur_rotation", "pretrain_blur_rotation",
-         "no duration of blur + rotation pre-training makes IMP tangibly better than rewinding "
-         "to iteration 0 (largest gap over the durations)", "not tangibly better than k = 0",
-         "Section 6.3 and Figure 9 (bottom right)", 0, "max",
-         f"pre-trained - rewind0 <= +{GAP_TOLERANCE:g} pp", -math.inf, GAP_TOLERANCE),
-    ]  # fmt: skip
+        (
+            "rotation",
+            "pretrain_rotation_e40",
+            "IMP from a state pre-trained 40 epochs on rotation prediction is similar to IMP "
+            "rewound to iteration 500",
+            "similar to rewinding to 500",
+            "Section 6.2 and Figure 9 (upper right)",
+            PRETRAIN_REWIND,
+            "e40",
+            f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp",
+            -GAP_TOLERANCE,
+            math.inf,
+        ),
+        (
+            "blur",
+            "pretrain_blur_e40",
+            "IMP from a state pre-trained 40 epochs on 4x blurred images is similar to IMP "
+            "rewound to iteration 500",
+            "similar to rewinding to 500",
+            "Section 6.3 and Figure 9 (bottom left)",
+            PRETRAIN_REWIND,
+            "e40",
+            f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp",
+            -GAP_TOLERANCE,
+            math.inf,
+        ),
+        (
+            "random_labels",
+            "pretrain_random_labels",
+            "pre-training on random labels for up to 10 epochs gives no improvement over "
+            "rewinding to iteration 0 (largest gap over those durations)",
+            "no improvement over k = 0",
+            "Section 6.1 and Figure 9 (upper left)",
+            0,
+            "max<=10",
+            f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp",
+            -math.inf,
+            NO_GAIN_TOLERANCE,
+        ),
+        (
+            "blur_rotation",
+            "pretrain_blur_rotation",
+            "no duration of blur + rotation pre-training makes IMP tangibly better than rewinding "
+            "to iteration 0 (largest gap over the durations)",
+            "not tangibly better than k = 0",
+            "Section 6.3 and Figure 9 (bottom right)",
+            0,
+            "max",
+            f"pre-trained - rewind0 <= +{GAP_TOLERANCE:g} pp",
+            -math.inf,
+            GAP_TOLERANCE,
+        ),
+    ]
     for task, cid, desc, paper, where, ref_k, mode, rule, lo, hi in specs:
-        c = Claim(id=cid, paper_ref="Figure 9 / Section 6", network=MAIN_NETWORK,
-                  description=desc + " (measured: pre-trained - reference, pp)", paper=paper,
-                  source=where, rule=rule, accept_low=lo, accept_high=hi)  # fmt: skip
+        c = Claim(
+            id=cid,
+            paper_ref="Figure 9 / Section 6",
+            network=MAIN_NETWORK,
+            description=desc + " (measured: pre-trained - reference, pp)",
+            paper=paper,
+            source=where,
+            rule=rule,
+            accept_low=lo,
+            accept_high=hi,
+        )
         if scale is None or task not in pretrain:
             rows.append(c.not_run(f"pre-training task {task} is not in pretrain.tasks"))
             continue
@@ -446,20 +557,42 @@ def pretrain_claims(scale: Scale | None, pretrain: dict[str, str], sparse_path,
         rows.append(c.judge(m, gaps))
 
     sparse_specs = [  # Section 6.4 / Figure 10
-        ("sparse_pretrain_imp_hurts", "pre-training the IMP sub-network rewound to 500 under "
-         "its mask before training hurts its accuracy", "hurts", "imp_pretrained",
-         "imp_scratch", "pre-trained - not pre-trained < 0 pp", -math.inf, 0.0),
-        ("sparse_pretrain_no_benefit", "pre-training reinitialised or randomly pruned "
-         "sub-networks gives no benefit beyond IMP rewound to 0 (largest gap)",
-         "no benefit beyond k = 0", ("reinit_pretrained", "random_pretrained"), "rewind0",
-         f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp", -math.inf, NO_GAIN_TOLERANCE),
-    ]  # fmt: skip
+        (
+            "sparse_pretrain_imp_hurts",
+            "pre-training the IMP sub-network rewound to 500 under "
+            "its mask before training hurts its accuracy",
+            "hurts",
+            "imp_pretrained",
+            "imp_scratch",
+            "pre-trained - not pre-trained < 0 pp",
+            -math.inf,
+            0.0,
+        ),
+        (
+            "sparse_pretrain_no_benefit",
+            "pre-training reinitialised or randomly pruned "
+            "sub-networks gives no benefit beyond IMP rewound to 0 (largest gap)",
+            "no benefit beyond k = 0",
+            ("reinit_pretrained", "random_pretrained"),
+            "rewind0",
+            f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp",
+            -math.inf,
+            NO_GAIN_TOLERANCE,
+        ),
+    ]
     for cid, desc, paper, a, b, rule, lo, hi in sparse_specs:
-        c = Claim(id=cid, paper_ref="Figure 10 / Section 6.4", network=MAIN_NETWORK,
-                  description=desc + " (measured: pp, mean over the pruned levels)", paper=paper,
-                  source='Section 6.4: "found no benefit beyond rewinding to iteration 0 ... '
-                  'starting from a sub-network rewound to iteration 500 actually hurts"',
-                  rule=rule, accept_low=lo, accept_high=hi)  # fmt: skip
+        c = Claim(
+            id=cid,
+            paper_ref="Figure 10 / Section 6.4",
+            network=MAIN_NETWORK,
+            description=desc + " (measured: pp, mean over the pruned levels)",
+            paper=paper,
+            source='Section 6.4: "found no benefit beyond rewinding to iteration 0 ... '
+            'starting from a sub-network rewound to iteration 500 actually hurts"',
+            rule=rule,
+            accept_low=lo,
+            accept_high=hi,
+        )
         if scale is None or sparse_path is None:
             rows.append(c.not_run("sparse pre-training is disabled (pretrain.sparse.kinds)"))
             continue

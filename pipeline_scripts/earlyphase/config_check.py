@@ -151,15 +151,25 @@ def check(config: dict, cache_dir: str | Path | None = None, isolate: bool = Fal
 def _registries_in_child(config: dict) -> None:
     """``_registries`` in a fresh interpreter (see ``check``); its ConfigError is re-raised here."""
     root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+    }
     code = "from pipeline_scripts.earlyphase.config_check import _child; _child()"
-    parts = {"networks": config["networks"], "training": config["training"],
-             "perturb": config["perturb"], "pretrain": config["pretrain"]}  # fmt: skip
+    parts = {
+        "networks": config["networks"],
+        "training": config["training"],
+        "perturb": config["perturb"],
+        "pretrain": config["pretrain"],
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(parts, default=str), env=env,
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        input=json.dumps(parts, default=str),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode == 0:
         return
     try:
@@ -184,9 +194,11 @@ def _registry_key(config: dict) -> str:
         "per_network": sorted(config["training"]["per_network"]),
         "variants": config["perturb"]["variants"],
         "tasks": [config["pretrain"]["tasks"], config["pretrain"]["sparse"]["task"]],
-        "code": [hashlib.sha256((here / f).read_bytes()).hexdigest()
-                 for f in ("models.py", "perturb.py", "tasks.py", "config_check.py")],
-    }  # fmt: skip
+        "code": [
+            hashlib.sha256((here / f).read_bytes()).hexdigest()
+            for f in ("models.py", "perturb.py", "tasks.py", "config_check.py")
+        ],
+    }
     return hashlib.sha256(json.dumps(read, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -270,8 +282,12 @@ def _beyond(config: dict) -> None:
     """stability and hessian (issue 14): their iterations are states the dense runs keep."""
     st, imp = config["stability"], config["imp"]
     rewinds = sorted(st["rewind_iterations"])
-    _kept_by_dense(config, "stability.rewind_iterations", rewinds,
-                   "the copies start from the dense run's weights at k")  # fmt: skip
+    _kept_by_dense(
+        config,
+        "stability.rewind_iterations",
+        rewinds,
+        "the copies start from the dense run's weights at k",
+    )
     if rewinds and st["sparse_level"]:
         imp_rewinds = sorted(imp["rewind_iterations"])
         off = sorted(set(rewinds) - set(imp_rewinds))
@@ -288,8 +304,12 @@ def _beyond(config: dict) -> None:
                 f"{st['sparse_level']} lies above imp.levels ({imp['levels']}); pick a level the "
                 "IMP chains reach, or null for the dense network only",
             )
-    _kept_by_dense(config, "hessian.iterations", config["hessian"]["iterations"] or [],
-                   "the Hessian is measured at states the dense runs keep")  # fmt: skip
+    _kept_by_dense(
+        config,
+        "hessian.iterations",
+        config["hessian"]["iterations"] or [],
+        "the Hessian is measured at states the dense runs keep",
+    )
 
 
 def _kept_by_dense(config: dict, key: str, iterations, why: str) -> None:
@@ -369,10 +389,12 @@ def _check_variant(name: str, spec: dict) -> None:
         "b.weight": torch.randn(3, 2, generator=g),
     }
     sources = perturb.Sources(
-        weights_k=w, weights_0={n: -t for n, t in w.items()}, fresh={n: 2 * t for n, t in w.items()},
+        weights_k=w,
+        weights_0={n: -t for n, t in w.items()},
+        fresh={n: 2 * t for n, t in w.items()},
         mask={n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()},
         init_std={n: 1.0 for n in w},
-    )  # fmt: skip
+    )
     try:
         perturb.perturb(kind, sources, g, **params)
     except (TypeError, ValueError) as e:

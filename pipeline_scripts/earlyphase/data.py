@@ -621,9 +621,12 @@ def _verify(path: Path, provenance: dict, arrays: dict) -> None:
             "are re-made, since the new file is newer than they are."
         )
     found = content_hashes(
-        {f"{split}/{kind}": arrays[split][i] for split in ("train", "test")
-         for i, kind in enumerate(("images", "labels"))}
-    )  # fmt: skip
+        {
+            f"{split}/{kind}": arrays[split][i]
+            for split in ("train", "test")
+            for i, kind in enumerate(("images", "labels"))
+        }
+    )
     if found["sha256_content"] != stored:
         keys = {name: "sha256_" + name.replace("/", "_") for name in ARRAYS}
         changed = [f"/{n}" for n, key in keys.items() if provenance.get(key) != found[key]]

@@ -103,8 +103,9 @@ def _loss(normalise):
     return loss_fn
 
 
-def top_eigenvalue(model, x, y, normalise, *, batch_size: int, steps: int, seed: int,
-                   key: str = "") -> dict:  # fmt: skip
+def top_eigenvalue(
+    model, x, y, normalise, *, batch_size: int, steps: int, seed: int, key: str = ""
+) -> dict:
     """The top Hessian eigenvalue of the mean training loss over (x, y) at the model's weights.
 
     ``key`` (e.g. the iteration) keys the Lanczos start vector with ``seed``. The model's running
@@ -155,21 +156,43 @@ def measure(
     for it in iterations:
         path = checkpoints[it]
         ck = checkpoint.load(path, map_location=dev)
-        identity.check(path, {"network": ck["network"], "iteration": ck["iteration"]},
-                       {"network": network, "iteration": it}, identity.describe(run))  # fmt: skip
+        identity.check(
+            path,
+            {"network": ck["network"], "iteration": ck["iteration"]},
+            {"network": network, "iteration": it},
+            identity.describe(run),
+        )
         model.load_state_dict(ck["state_dict"])
-        r = top_eigenvalue(model, x, y, normalise, batch_size=int(hparams["batch_size"]),
-                           steps=steps, seed=seed, key=str(it))  # fmt: skip
+        r = top_eigenvalue(
+            model,
+            x,
+            y,
+            normalise,
+            batch_size=int(hparams["batch_size"]),
+            steps=steps,
+            seed=seed,
+            key=str(it),
+        )
         results.append(r)
-        log(f"iteration {it:>6}: top eigenvalue {r['top']:.4g} (residual {r['residual']:.2g}, "
-            f"{r['hvps']} Hessian-vector products, {r['seconds']:.1f} s)")  # fmt: skip
+        log(
+            f"iteration {it:>6}: top eigenvalue {r['top']:.4g} (residual {r['residual']:.2g}, "
+            f"{r['hvps']} Hessian-vector products, {r['seconds']:.1f} s)"
+        )
     lr, momentum = float(hparams["lr"]), float(hparams["momentum"])
     attrs = {
-        "network": network, "seed": int(seed), "experiment": "dense", "series": "dense",
-        "level": 0, "samples": int(x.shape[0]), "steps": int(steps), "lr": lr,
-        "momentum": momentum, "threshold": stability_threshold(lr, momentum),
-        "batch_size": int(hparams["batch_size"]), "device": str(dev),
-    }  # fmt: skip
+        "network": network,
+        "seed": int(seed),
+        "experiment": "dense",
+        "series": "dense",
+        "level": 0,
+        "samples": int(x.shape[0]),
+        "steps": int(steps),
+        "lr": lr,
+        "momentum": momentum,
+        "threshold": stability_threshold(lr, momentum),
+        "batch_size": int(hparams["batch_size"]),
+        "device": str(dev),
+    }
     return iterations, results, attrs
 
 

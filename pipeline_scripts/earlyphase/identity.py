@@ -76,11 +76,12 @@ def check(path, recorded: dict, expected: dict, read_for: str = "") -> None:
     """Raise ValueError naming ``path``, every differing key with the recorded and the expected
     value, and what the file was read for, unless ``recorded`` agrees with ``expected``."""
     wrong = [
-        f"{key} {recorded[key]!r} (expected {value!r})" if key in recorded
+        f"{key} {recorded[key]!r} (expected {value!r})"
+        if key in recorded
         else f"no {key} (expected {value!r})"
         for key, value in expected.items()
         if key not in recorded or not _same(recorded[key], value)
-    ]  # fmt: skip
+    ]
     if wrong:
         what = f" read for {read_for}" if read_for else ""
         raise ValueError(
@@ -91,7 +92,10 @@ def check(path, recorded: dict, expected: dict, read_for: str = "") -> None:
 
 def describe(expected: dict) -> str:
     """``resnet20 seed 1 imp rewind500 level 2``: a run's identity in words, for messages."""
-    parts = [expected.get("network"), f"seed {expected['seed']}" if "seed" in expected else None,
-             expected.get("series"),
-             f"level {expected['level']}" if "level" in expected else None]  # fmt: skip
+    parts = [
+        expected.get("network"),
+        f"seed {expected['seed']}" if "seed" in expected else None,
+        expected.get("series"),
+        f"level {expected['level']}" if "level" in expected else None,
+    ]
     return " ".join(str(p) for p in parts if p is not None)

@@ -93,9 +93,16 @@ def _wide_module(m: nn.Module, n: int) -> nn.Module | None:
         if m.padding_mode != "zeros":
             raise NotImplementedError("grouped runs support zero-padded convolutions only")
         return nn.Conv2d(
-            n * m.in_channels, n * m.out_channels, m.kernel_size, m.stride, m.padding,
-            m.dilation, n * m.groups, m.bias is not None, **kw,
-        )  # fmt: skip
+            n * m.in_channels,
+            n * m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            n * m.groups,
+            m.bias is not None,
+            **kw,
+        )
     if type(m) is nn.BatchNorm2d:
         return nn.BatchNorm2d(
             n * m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, **kw
@@ -179,8 +186,11 @@ class Grouped:
         return g[i] if name in self.stacked else g.chunk(self.n)[i]
 
     def wide_mask(self, masks: Sequence[dict | None]) -> dict | None:
-        return _combine_masks(self.template, masks, lambda name, parts: (
-            torch.stack(parts) if name in self.stacked else torch.cat(parts)))  # fmt: skip
+        return _combine_masks(
+            self.template,
+            masks,
+            lambda name, parts: torch.stack(parts) if name in self.stacked else torch.cat(parts),
+        )
 
     def masked(self, mask: dict | None):
         return masked_parameters(self.net, mask)

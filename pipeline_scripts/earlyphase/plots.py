@@ -290,8 +290,13 @@ def figure_a3(summary_paths: list[str], networks: list[str], out_paths: list[str
     colors = series_colors(networks)
     fig, axes = new_figure(2, 4, panel_size=(3.4, 2.7))
     for path, net in zip(summary_paths, networks, strict=True):
-        _draw_telemetry(axes.flat, read_telemetry_summary(path), colors[net],
-                        network_display_name(net), ten=False)  # fmt: skip
+        _draw_telemetry(
+            axes.flat,
+            read_telemetry_summary(path),
+            colors[net],
+            network_display_name(net),
+            ten=False,
+        )
     axes.flat[4].set_visible(False)
     fig.suptitle("Early-phase telemetry of every network")
     save(fig, out_paths)
@@ -339,12 +344,21 @@ def figure_perturbations(
     for ax, path, k in zip(axes[0], summary_paths, rewinds, strict=True):
         summary = aggregate.read_summary(path)
         names = [n for n in ("imp", "rewind0", *shown) if n in summary]
-        labels = {"imp": f"IMP, rewind to {k}", "rewind0": "IMP, rewind to 0",
-                  "dense": "Dense network", **{v: variant_label(v) for v in shown}}  # fmt: skip
+        labels = {
+            "imp": f"IMP, rewind to {k}",
+            "rewind0": "IMP, rewind to 0",
+            "dense": "Dense network",
+            **{v: variant_label(v) for v in shown},
+        }
         draw_accuracy_vs_sparsity(
-            ax, summary, series=names, labels=labels, reference="dense", colors=colors,
+            ax,
+            summary,
+            series=names,
+            labels=labels,
+            reference="dense",
+            colors=colors,
             title=f"{network_display_name(network)}, k = {k}",
-        )  # fmt: skip
+        )
     fig.suptitle(f"Figure {figure}: {PERTURB_FIGURES[figure]} perturbations")
     save(fig, out_paths)
 
@@ -361,8 +375,14 @@ def effective_std_points(summary: dict, variants: dict, level: int) -> list[dict
         if rows.size == 0 or "effective_std" not in d:
             continue
         i = rows[0]
-        points.append({"variant": v, "family": fam[v], "effective_std":
-                       float(np.nanmean(d["effective_std"][i])), "accuracy": float(d["mean"][i])})  # fmt: skip
+        points.append(
+            {
+                "variant": v,
+                "family": fam[v],
+                "effective_std": float(np.nanmean(d["effective_std"][i])),
+                "accuracy": float(d["mean"][i]),
+            }
+        )
     return points
 
 
@@ -390,16 +410,28 @@ def figure8(summary_paths, rewinds, variants: dict, level: int, out_paths, netwo
         points = effective_std_points(summary, variants, level)
         for family, color in FAMILY_COLORS.items():
             pts = [p for p in points if p["family"] == family]
-            ax.scatter([p["effective_std"] for p in pts], [p["accuracy"] for p in pts],
-                       color=color, label=family, s=25)  # fmt: skip
+            ax.scatter(
+                [p["effective_std"] for p in pts],
+                [p["accuracy"] for p in pts],
+                color=color,
+                label=family,
+                s=25,
+            )
         r, p = pearson(points)
         results.append((k, r, p, points))
         remaining = summary["imp"]["remaining_percent"] if "imp" in summary else []
         idx = np.flatnonzero(summary["imp"]["level"] == level) if "imp" in summary else []
         pct = f"{remaining[idx[0]]:.1f}% remaining" if len(idx) else f"level {level}"
         ax.set_title(f"{network_display_name(network)}, k = {k} ({pct})")
-        ax.text(0.97, 0.97, f"r = {r:.3f}, p = {p:.3g}", transform=ax.transAxes,
-                ha="right", va="top", fontsize="small")  # fmt: skip
+        ax.text(
+            0.97,
+            0.97,
+            f"r = {r:.3f}, p = {p:.3g}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize="small",
+        )
         ax.set_xlabel("Effective standard deviation of the perturbation")
         ax.set_ylabel("Mean test accuracy (%)")
         ax.grid(True, linewidth=0.4, alpha=0.5)
@@ -425,14 +457,20 @@ def figure9(summary_paths, tasks: list[str], epochs: list[str], references, out_
     fig, axes = new_figure(1, len(tasks))
     for ax, path, task in zip(axes[0], summary_paths, tasks, strict=True):
         summary = aggregate.read_summary(path)
-        labels = {**{f"e{e}": f"pre-trained {epochs_text(e)}" for e in epochs},
-                  **{f"rewind{k}": f"IMP, rewind to {k}" for k in references},
-                  "dense": "Dense network"}  # fmt: skip
+        labels = {
+            **{f"e{e}": f"pre-trained {epochs_text(e)}" for e in epochs},
+            **{f"rewind{k}": f"IMP, rewind to {k}" for k in references},
+            "dense": "Dense network",
+        }
         names = [n for n in (*refs, *series) if n in summary]
         draw_accuracy_vs_sparsity(
-            ax, summary, series=names, labels=labels, colors=colors,
+            ax,
+            summary,
+            series=names,
+            labels=labels,
+            colors=colors,
             title=task_registry.get(task).description,
-        )  # fmt: skip
+        )
     fig.suptitle(f"{network_display_name(network)}: pre-training, then IMP from that state")
     save(fig, out_paths)
 
@@ -441,11 +479,21 @@ def figure10(summary_path, out_paths, network, *, rewind: int, task: str, epochs
     """Figure 10: sparse sub-networks (IMP at k, reinitialised, randomly pruned) trained with and
     without pre-training under their masks, against IMP rewound to 0."""
     summary = aggregate.read_summary(summary_path)
-    order = ["rewind0", "imp_scratch", "imp_pretrained", "reinit_scratch", "reinit_pretrained",
-             "random_scratch", "random_pretrained"]  # fmt: skip
+    order = [
+        "rewind0",
+        "imp_scratch",
+        "imp_pretrained",
+        "reinit_scratch",
+        "reinit_pretrained",
+        "random_scratch",
+        "random_pretrained",
+    ]
     names = [n for n in order if n in summary]
-    what = {"imp": f"IMP, rewind to {rewind}", "reinit": "IMP mask, reinitialised",
-            "random": "random mask"}  # fmt: skip
+    what = {
+        "imp": f"IMP, rewind to {rewind}",
+        "reinit": "IMP mask, reinitialised",
+        "random": "random mask",
+    }
     labels = {"rewind0": "IMP, rewind to 0", "dense": "Dense network"}
     for n in names:
         kind, _, start = n.partition("_")
@@ -453,7 +501,10 @@ def figure10(summary_path, out_paths, network, *, rewind: int, task: str, epochs
             labels[n] = what[kind] + (f" + {epochs:g} ep. {task}" if start == "pretrained" else "")
     fig, axes = new_figure(1, 1, panel_size=(6.0, 4.0))
     draw_accuracy_vs_sparsity(
-        axes[0, 0], summary, series=names, labels=labels,
+        axes[0, 0],
+        summary,
+        series=names,
+        labels=labels,
         title=f"{network_display_name(network)}: sparse pre-training",
-    )  # fmt: skip
+    )
     save(fig, out_paths)

@@ -54,8 +54,17 @@ def figure_instability(summary_path, out_paths: list[str], network: str) -> None
         ks_all |= {int(k) for k in ks}
         color = SUB_COLORS.get(sub, to_hex(colormaps["tab10"].colors[i]))
         m, sd = np.asarray(s["barrier_mean"]), np.asarray(s["barrier_std"])
-        ax.errorbar(ks, m, yerr=sd, color=color, marker="o", ms=4, capsize=3, lw=1.2,
-                    label=_sub_label(sub, s))  # fmt: skip
+        ax.errorbar(
+            ks,
+            m,
+            yerr=sd,
+            color=color,
+            marker="o",
+            ms=4,
+            capsize=3,
+            lw=1.2,
+            label=_sub_label(sub, s),
+        )
     ax.axhline(stability.STABLE_BARRIER, color="0.5", ls=":", lw=1, label="stable (< 2 pp)")
     ax.axhline(0, color="0.8", lw=0.8)
     _k_axis(ax, sorted(ks_all))
@@ -68,16 +77,24 @@ def figure_instability(summary_path, out_paths: list[str], network: str) -> None
         for k in s["rewind"]:
             c = s["curves"][int(k)]
             pax.plot(c["alpha"], c["mean"], color=colors[int(k)], lw=1.2, label=f"k = {int(k)}")
-            pax.fill_between(c["alpha"], c["mean"] - c["std"], c["mean"] + c["std"],
-                             color=colors[int(k)], alpha=BAND_ALPHA, lw=0)  # fmt: skip
+            pax.fill_between(
+                c["alpha"],
+                c["mean"] - c["std"],
+                c["mean"] + c["std"],
+                color=colors[int(k)],
+                alpha=BAND_ALPHA,
+                lw=0,
+            )
         pax.set_xlabel("Interpolation α (copy 1 → copy 2)")
         pax.set_ylabel("Test error (%)")
         pax.set_title(_sub_label(sub, s), fontsize="small")
         pax.grid(True, linewidth=0.4, alpha=0.5)
         pax.legend(fontsize="x-small", ncol=2)
     bn = summary[subs[0]]["batchnorm"] if subs else ""
-    fig.suptitle(f"{network_display_name(network)}: linear mode connectivity of two copies "
-                 f"trained from iteration k (BatchNorm: {bn})")  # fmt: skip
+    fig.suptitle(
+        f"{network_display_name(network)}: linear mode connectivity of two copies "
+        f"trained from iteration k (BatchNorm: {bn})"
+    )
     save(fig, out_paths)
 
 
@@ -99,8 +116,17 @@ def figure_sharpness(summary_path, out_paths: list[str], network: str) -> None:
     rewind = np.asarray(s["is_rewind"], dtype=bool)
     bx = axes[0, 1]
     if rewind.any():
-        bx.errorbar(its[rewind], m[rewind], yerr=sd[rewind], color="tab:red", marker="o", ms=4,
-                    capsize=3, lw=1.2, label="top eigenvalue")  # fmt: skip
+        bx.errorbar(
+            its[rewind],
+            m[rewind],
+            yerr=sd[rewind],
+            color="tab:red",
+            marker="o",
+            ms=4,
+            capsize=3,
+            lw=1.2,
+            label="top eigenvalue",
+        )
         _k_axis(bx, [int(k) for k in its[rewind]])
     else:
         bx.text(0.5, 0.5, "no rewind point measured", ha="center", transform=bx.transAxes)
@@ -109,10 +135,11 @@ def figure_sharpness(summary_path, out_paths: list[str], network: str) -> None:
         a.set_ylabel("λ_max of the training-loss Hessian")
         a.grid(True, linewidth=0.4, alpha=0.5)
         if np.isfinite(threshold) and threshold <= 4 * max(1e-9, float(np.nanmax(m + sd))):
-            a.axhline(threshold, color="0.4", ls="--", lw=1,
-                      label=f"2(1+μ)/η = {threshold:.0f}")  # fmt: skip
+            a.axhline(threshold, color="0.4", ls="--", lw=1, label=f"2(1+μ)/η = {threshold:.0f}")
         a.legend(fontsize="x-small")
-    fig.suptitle(f"{network_display_name(network)}: top Hessian eigenvalue "
-                 f"({int(s['attrs'].get('samples', 0))} training images, "
-                 f"{int(s['attrs'].get('steps', 0))} Lanczos steps)")  # fmt: skip
+    fig.suptitle(
+        f"{network_display_name(network)}: top Hessian eigenvalue "
+        f"({int(s['attrs'].get('samples', 0))} training images, "
+        f"{int(s['attrs'].get('steps', 0))} Lanczos steps)"
+    )
     save(fig, out_paths)

@@ -277,9 +277,22 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
         batch_fn=batch_fn,
     )
     return Prepared(
-        job, hp, ds, dev, model, init_std, mask, train_mask, perturbed, task, main_classes,
-        opts, recorder, total, ipe,
-    )  # fmt: skip
+        job,
+        hp,
+        ds,
+        dev,
+        model,
+        init_std,
+        mask,
+        train_mask,
+        perturbed,
+        task,
+        main_classes,
+        opts,
+        recorder,
+        total,
+        ipe,
+    )
 
 
 def start_iteration(job: Job, ipe: int) -> int:

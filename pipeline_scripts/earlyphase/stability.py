@@ -153,16 +153,27 @@ def measure(
     ds = data.load(data_path, dev)
     states, recorded = [], []
     for copy, final, mfile in zip(COPIES, finals, metrics_files, strict=True):
-        want = {"network": run["network"], "seed": run["seed"], "level": run["level"],
-                "rewind_iteration": run["rewind_iteration"], "experiment": "stability"}  # fmt: skip
+        want = {
+            "network": run["network"],
+            "seed": run["seed"],
+            "level": run["level"],
+            "rewind_iteration": run["rewind_iteration"],
+            "experiment": "stability",
+        }
         attrs = metrics.read_attrs(mfile)
         identity.check(mfile, attrs, want, identity.describe(want))
         if attrs.get("data_stream") != copy:
-            raise ValueError(f"{mfile} was trained on data stream {attrs.get('data_stream')!r}, "
-                             f"not {copy!r}: delete it and re-run its copy")  # fmt: skip
+            raise ValueError(
+                f"{mfile} was trained on data stream {attrs.get('data_stream')!r}, "
+                f"not {copy!r}: delete it and re-run its copy"
+            )
         ck = checkpoint.load(final, map_location=dev)
-        identity.check(final, {"network": ck["network"], **ck["meta"]},
-                       {"network": run["network"], "seed": run["seed"]}, identity.describe(want))  # fmt: skip
+        identity.check(
+            final,
+            {"network": ck["network"], **ck["meta"]},
+            {"network": run["network"], "seed": run["seed"]},
+            identity.describe(want),
+        )
         states.append(ck["state_dict"])
         recorded.append(float(attrs["final_test_accuracy"]))
         remaining = float(attrs.get("weights_remaining_fraction", 1.0))
@@ -175,13 +186,22 @@ def measure(
 
     sample = bn_sample(ds.train_x, bn_samples, run["seed"])
     batch = int(hparams["batch_size"])
-    result = curve(model, states[0], states[1], evaluate, points, batchnorm,
-                   recompute=lambda m: recompute_batchnorm(m, sample, normalise, batch))  # fmt: skip
+    result = curve(
+        model,
+        states[0],
+        states[1],
+        evaluate,
+        points,
+        batchnorm,
+        recompute=lambda m: recompute_batchnorm(m, sample, normalise, batch),
+    )
     ends = (1.0 - result["error"][0], 1.0 - result["error"][-1])
     diff = max(abs(a - b) for a, b in zip(ends, recorded, strict=True))
     if batchnorm == "interpolate":
-        log(f"endpoints {ends[0]:.4f} / {ends[1]:.4f} vs the copies' own final accuracies "
-            f"{recorded[0]:.4f} / {recorded[1]:.4f} (max difference {diff:.2e})")  # fmt: skip
+        log(
+            f"endpoints {ends[0]:.4f} / {ends[1]:.4f} vs the copies' own final accuracies "
+            f"{recorded[0]:.4f} / {recorded[1]:.4f} (max difference {diff:.2e})"
+        )
     result["attrs"] = {
         **run,
         "experiment": "stability",
@@ -262,8 +282,18 @@ def summarise(paths: list[str], out_path, network: str) -> dict:
         barriers = np.array([r["attrs"]["barrier"] for r in runs]) * 100.0
         curves = np.stack([r["test_error"] for r in runs]) * 100.0
         ddof = 1 if len(runs) > 1 else 0
-        s = out.setdefault(sub, {"rewind": [], "barrier_mean": [], "barrier_std": [], "n": [],
-                                 "barriers": [], "seeds": [], "curves": {}})  # fmt: skip
+        s = out.setdefault(
+            sub,
+            {
+                "rewind": [],
+                "barrier_mean": [],
+                "barrier_std": [],
+                "n": [],
+                "barriers": [],
+                "seeds": [],
+                "curves": {},
+            },
+        )
         s["rewind"].append(k)
         s["barrier_mean"].append(float(barriers.mean()))
         s["barrier_std"].append(float(barriers.std(ddof=ddof)))

@@ -69,8 +69,16 @@ def grad_sample(ds, size: int, seed: int) -> tuple | None:
 class Recorder:
     """Collects telemetry inside the training loop; see module docstring for the quantities."""
 
-    def __init__(self, model, names: list[str], iterations, seed: int, snapshot_path,
-                 grad_sample: tuple | None = None, grad_batch: int = 128):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        names: list[str],
+        iterations,
+        seed: int,
+        snapshot_path,
+        grad_sample: tuple | None = None,
+        grad_batch: int = 128,
+    ):
         """``grad_sample``: (uint8 images, labels) of the fixed sample the gradient magnitude is
         measured on, in mini-batches of ``grad_batch``; None records only the step's gradient."""
         self.model = model
@@ -175,8 +183,11 @@ class Recorder:
         sample = None
         if self.grad_sample is not None:
             x, y = self.grad_sample
-            sample = (int(x.shape[0]), self.grad_batch,
-                      hashlib.sha256(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest())  # fmt: skip
+            sample = (
+                int(x.shape[0]),
+                self.grad_batch,
+                hashlib.sha256(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest(),
+            )
         return (tuple(self.iterations), tuple(self.names), sample)
 
     def state_dict(self) -> dict:
@@ -295,8 +306,13 @@ def summarise(paths: list[str], out_path, network: str) -> dict:
             run = {**identity.from_path(p), "network": network}
             run = {k: run[k] for k in ("network", "seed") if k in run}
             identity.check(p, _attrs(f), run, identity.describe(run))
-            runs.append({**{k: f[k][()] for k in f}, "_final": float(f.attrs["final_test_accuracy"]),
-                         "_seed": int(f.attrs["seed"])})  # fmt: skip
+            runs.append(
+                {
+                    **{k: f[k][()] for k in f},
+                    "_final": float(f.attrs["final_test_accuracy"]),
+                    "_seed": int(f.attrs["seed"]),
+                }
+            )
     its = runs[0]["iteration"]
     for p, r in zip(paths, runs, strict=True):
         if not np.array_equal(r["iteration"], its):
@@ -400,8 +416,10 @@ PAPER_RESNET20 = {  # Section 4's claims for ResNet-20, to print beside the meas
 
 def timeline_table(network: str, tl: dict) -> str:
     """A short plain-text table of the timeline (written beside the summary)."""
-    lines = [f"Figure 2 timeline, {network} (first {tl['window']} iterations; mean over seeds)",
-             f"{'landmark':<28}{'measured':>12}  paper (ResNet-20)"]  # fmt: skip
+    lines = [
+        f"Figure 2 timeline, {network} (first {tl['window']} iterations; mean over seeds)",
+        f"{'landmark':<28}{'measured':>12}  paper (ResNet-20)",
+    ]
     for key, value in tl.items():
         if key == "window":
             continue

@@ -254,11 +254,21 @@ def train(
 
     # Everything that shapes the trajectory: a resume state from other settings must not be used.
     fingerprint = repr(
-        (hp.to_dict(), opts.seed, sorted(eval_at), sorted(snapshot_at), opts.eval_subset,
-         opts.eval_subset_until, sorted(mask) if mask else None, total, start, identity,
-         *((opts.data_stream,) if opts.data_stream else ()),
-         *((recorder.settings(),) if recorder is not None else ()))
-    )  # fmt: skip
+        (
+            hp.to_dict(),
+            opts.seed,
+            sorted(eval_at),
+            sorted(snapshot_at),
+            opts.eval_subset,
+            opts.eval_subset_until,
+            sorted(mask) if mask else None,
+            total,
+            start,
+            identity,
+            *((opts.data_stream,) if opts.data_stream else ()),
+            *((recorder.settings(),) if hasattr(recorder, "settings") else ()),
+        )
+    )
     metrics = Metrics()
     snapshots: dict[int, str] = {}
     it = last_log_it = start

@@ -86,8 +86,18 @@ class Plan:
     tries: int = 3
 
     def scaled(self, quick: bool) -> Plan:
-        return dataclasses.replace(self, warmup_steps=1, warmup_s=0.0, window_s=0.05, windows=3,
-                                   max_other_cores=math.inf) if quick else self  # fmt: skip
+        return (
+            dataclasses.replace(
+                self,
+                warmup_steps=1,
+                warmup_s=0.0,
+                window_s=0.05,
+                windows=3,
+                max_other_cores=math.inf,
+            )
+            if quick
+            else self
+        )
 
 
 def _busy_seconds() -> float | None:
@@ -219,8 +229,13 @@ class StepClock:
 
     def result(self) -> Timing:
         clean = self.windows or self.contended  # nothing clean: report what there is, flagged
-        return Timing(list(clean), list(np.diff(self.times)), self.window_steps,
-                      list(self.contended), list(self.others))  # fmt: skip
+        return Timing(
+            list(clean),
+            list(np.diff(self.times)),
+            self.window_steps,
+            list(self.contended),
+            list(self.others),
+        )
 
 
 def _sync_for(dev: torch.device) -> Callable:
@@ -271,9 +286,16 @@ def time_ours(
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         try:
             train.train(
-                model, small, hp, opts, workdir=workdir, mask=mask, network=net,
-                log=lambda s: None, recorder=clock,
-            )  # fmt: skip
+                model,
+                small,
+                hp,
+                opts,
+                workdir=workdir,
+                mask=mask,
+                network=net,
+                log=lambda s: None,
+                recorder=clock,
+            )
         except _Enough:
             pass
     return clock.result()
@@ -295,9 +317,14 @@ def time_group(
     clock = StepClock(plan, ds.train_x.shape[0], hp.batch_size, _sync_for(dev), models=n)
     try:
         multirun.train_group(
-            group, ds, hp, list(range(1, n + 1)), method=method, on_step=clock.on_state,
+            group,
+            ds,
+            hp,
+            list(range(1, n + 1)),
+            method=method,
+            on_step=clock.on_state,
             log=lambda s: None,
-        )  # fmt: skip
+        )
     except _Enough:
         pass
     return clock.result()
@@ -313,10 +340,14 @@ def runs_per_job(
         for method in methods:
             t = time_group(net, ds, n, method, plan, batch_size=batch_size)
             out[f"{method}_n{n}"] = {
-                "method": method, "n": n, "img_s": t.median, "separate_img_s": single.median,
-                "speedup": t.median / single.median, "windows_img_s": t.windows,
+                "method": method,
+                "n": n,
+                "img_s": t.median,
+                "separate_img_s": single.median,
+                "speedup": t.median / single.median,
+                "windows_img_s": t.windows,
                 "separate_windows_img_s": single.windows,
-            }  # fmt: skip
+            }
     return out
 
 
@@ -439,8 +470,13 @@ def matmul_peak(dev, plan: Plan, n: int = 2048, windows: int = 7, reps: int = 3)
         return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
     t = _clean_windows(measure, plan, windows)
-    return {"gflops": t.median, "windows_gflops": t.windows, "n": n,
-            "contended_windows_gflops": t.contended, "other_cores": t.others}  # fmt: skip
+    return {
+        "gflops": t.median,
+        "windows_gflops": t.windows,
+        "n": n,
+        "contended_windows_gflops": t.contended,
+        "other_cores": t.others,
+    }
 
 
 def forward_flops(net: str, dev, batch_size: int) -> float:
@@ -478,8 +514,13 @@ def time_eval(net: str, ds: data.Dataset, batch_size: int, plan: Plan, seed: int
     batches = max(1, min(round(plan.window_s / per_batch), test_x.shape[0] // batch_size))
     m = batches * batch_size
     t = _clean_windows(lambda: m / run(m), plan, plan.windows)
-    return {"img_s": t.median, "windows_img_s": t.windows, "images": m,
-            "contended_windows_img_s": t.contended, "other_cores": t.others}  # fmt: skip
+    return {
+        "img_s": t.median,
+        "windows_img_s": t.windows,
+        "images": m,
+        "contended_windows_img_s": t.contended,
+        "other_cores": t.others,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,9 +628,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
                 ref.append(time_reference(net, ds, sub, batch_size=args.reference_batch_size))
             if sparsity:
                 dense.append(time_ours(net, ds, sub, batch_size=b))
-        entry = {"network": net, "batch_size": b, "sparsity": sparsity,
-                 "forward_flops_per_image": flops,
-                 "ours": _merge(ours).to_dict()}  # fmt: skip
+        entry = {
+            "network": net,
+            "batch_size": b,
+            "sparsity": sparsity,
+            "forward_flops_per_image": flops,
+            "ours": _merge(ours).to_dict(),
+        }
         ips = entry["ours"]["img_s"]
         entry["train_gflops"] = 3 * flops * ips / 1e9
         entry["fraction_of_matmul_peak"] = entry["train_gflops"] / peak["gflops"]
@@ -610,8 +655,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     if args.eval_sweep and args.eval_sweep != "none":
         sweep = {str(bs): time_eval(args.eval_sweep, ds, bs, plan) for bs in args.eval_batches}
         result["eval_sweep"] = {"network": args.eval_sweep, "batch_sizes": sweep}
-        log(f"eval {args.eval_sweep}: " + ", ".join(
-            f"batch {bs} {v['img_s']:.0f} img/s" for bs, v in sweep.items()))  # fmt: skip
+        log(
+            f"eval {args.eval_sweep}: "
+            + ", ".join(f"batch {bs} {v['img_s']:.0f} img/s" for bs, v in sweep.items())
+        )
 
     if args.compile and args.compile != "none":
         rounds = 1 if args.quick else args.rounds
@@ -626,16 +673,23 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         sub = dataclasses.replace(plan, windows=min(plan.windows, 3))
         result["runs_per_job"] = {
             "network": args.multirun,
-            "groups": runs_per_job(args.multirun, ds, args.multirun_n, args.multirun_methods, sub,
-                                   args.batch_size),
-        }  # fmt: skip
+            "groups": runs_per_job(
+                args.multirun, ds, args.multirun_n, args.multirun_methods, sub, args.batch_size
+            ),
+        }
         for k, v in result["runs_per_job"]["groups"].items():
-            log(f"{args.multirun} {k}: {v['img_s']:.0f} img/s together vs {v['separate_img_s']:.0f}"
-                f" one run at a time: x{v['speedup']:.2f}")  # fmt: skip
+            log(
+                f"{args.multirun} {k}: {v['img_s']:.0f} img/s together vs {v['separate_img_s']:.0f}"
+                f" one run at a time: x{v['speedup']:.2f}"
+            )
     end = matmul_peak(dev, plan, n=peak["n"], windows=3 if args.quick else 7)
     pooled = peak["windows_gflops"] + end["windows_gflops"]
-    peak.update(start_gflops=peak["gflops"], end_gflops=end["gflops"], windows_gflops=pooled,
-                gflops=statistics.median(pooled))  # fmt: skip
+    peak.update(
+        start_gflops=peak["gflops"],
+        end_gflops=end["gflops"],
+        windows_gflops=pooled,
+        gflops=statistics.median(pooled),
+    )
     peak["contended_windows_gflops"] += end["contended_windows_gflops"]
     for e in result["networks"].values():  # against the peak pooled over the whole run
         e["fraction_of_matmul_peak"] = e["train_gflops"] / peak["gflops"]
@@ -748,20 +802,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny windows and data (smoke test)")
     p.add_argument("--batch-size", type=int, help="override every network's batch size")
     p.add_argument(
-        "--reference", nargs="+", default=list(REFERENCE),
+        "--reference",
+        nargs="+",
+        default=list(REFERENCE),
         help="networks that also get the reference loop ('all', or 'none')",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--reference-batch-size", type=int, default=None,
+        "--reference-batch-size",
+        type=int,
+        default=None,
         help="reference loop batch size (default: the network's, 128 for most)",
-    )  # fmt: skip
+    )
     p.add_argument("--rounds", type=int, default=2, help="ours/reference alternations")
     p.add_argument(
-        "--max-other-cores", type=float, default=Plan.max_other_cores,
+        "--max-other-cores",
+        type=float,
+        default=Plan.max_other_cores,
         help="drop (and re-time) windows during which other processes used more cores than this",
-    )  # fmt: skip
-    p.add_argument("--wait-quiet", type=float, default=0.0,
-                   help="first wait up to this many seconds for other processes to finish")  # fmt: skip
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="first wait up to this many seconds for other processes to finish",
+    )
     p.add_argument("--sparse", default="resnet20", help="network benchmarked 80%% sparse; 'none'")
     p.add_argument("--eval-batch-size", type=int, default=250, help="per-network eval batch")
     p.add_argument("--eval-sweep", default="resnet20", help="network of the eval sweep; 'none'")

@@ -118,9 +118,11 @@ class Family:
             "eval_images": self.eval_images,
             "device_hours": self.seconds / 3600 if not self.missing else None,
             "networks_without_benchmark": sorted(self.missing),
-            "by_network": {n: {"jobs": j, "iterations": i, "device_hours": s / 3600}
-                           for n, (j, i, s) in self.by_network.items()},
-        }  # fmt: skip
+            "by_network": {
+                n: {"jobs": j, "iterations": i, "device_hours": s / 3600}
+                for n, (j, i, s) in self.by_network.items()
+            },
+        }
 
 
 def _images(total: int, ipe: int, n: int, batch: int) -> int:
@@ -157,11 +159,17 @@ def jobs(config: dict) -> list[dict]:
 
     def add(family, net, hp: dict, count: int, telemetry: bool = False, k=0, pre_epochs=0.0):
         """``k``/``pre_epochs``: where the runs start in the schedule (config key rewinding)."""
-        out.append({"family": family, "network": net, "hparams": hp, "count": count,
-                    "telemetry": telemetry,
-                    "start_iteration": k if rewinding["schedule"] == "framework" else 0,
-                    "start_epochs": pre_epochs if rewinding["pretrained"] == "framework" else 0.0,
-                    })  # fmt: skip
+        out.append(
+            {
+                "family": family,
+                "network": net,
+                "hparams": hp,
+                "count": count,
+                "telemetry": telemetry,
+                "start_iteration": k if rewinding["schedule"] == "framework" else 0,
+                "start_epochs": pre_epochs if rewinding["pretrained"] == "framework" else 0.0,
+            }
+        )
 
     s = len(seeds)
     for net in nets:
@@ -184,8 +192,14 @@ def jobs(config: dict) -> list[dict]:
             add("sparse_pretext", net, pretext_hp, s * len(sparse["kinds"]) * lv)
             scratch = sum(kind != "imp" for kind in sparse["kinds"])
             add("sparse_train", net, hp, s * scratch * lv, k=k)
-            add("sparse_train", net, hp, s * len(sparse["kinds"]) * lv, k=k,
-                pre_epochs=float(sparse["epochs"]))  # fmt: skip
+            add(
+                "sparse_train",
+                net,
+                hp,
+                s * len(sparse["kinds"]) * lv,
+                k=k,
+                pre_epochs=float(sparse["epochs"]),
+            )
         st = config["stability"]
         subs = 1 + (1 if st["sparse_level"] else 0)
         for k in st["rewind_iterations"]:
@@ -222,16 +236,34 @@ def measurement_jobs(config: dict, hps: dict, n_train: int, n_test: int) -> list
     for net, hp in hps.items():
         if st["rewind_iterations"]:
             bn = min(st["bn_samples"], n_train) if st["batchnorm"] == "recompute" else 0
-            out.append({"family": "interpolate", "network": net, "hparams": hp, "telemetry": False,
-                        "count": s * subs * len(st["rewind_iterations"]), "start": 0,
-                        "iterations": 0, "images": 0,
-                        "eval_images": st["points"] * (n_test + bn)})  # fmt: skip
+            out.append(
+                {
+                    "family": "interpolate",
+                    "network": net,
+                    "hparams": hp,
+                    "telemetry": False,
+                    "count": s * subs * len(st["rewind_iterations"]),
+                    "start": 0,
+                    "iterations": 0,
+                    "images": 0,
+                    "eval_images": st["points"] * (n_test + bn),
+                }
+            )
         if its:
             sample = min(he["samples"], n_train)
-            out.append({"family": "hessian", "network": net, "hparams": hp, "telemetry": False,
-                        "count": s, "start": 0, "iterations": 0,
-                        "images": round(len(its) * he["steps"] * sample * HVP_STEPS),
-                        "eval_images": 0})  # fmt: skip
+            out.append(
+                {
+                    "family": "hessian",
+                    "network": net,
+                    "hparams": hp,
+                    "telemetry": False,
+                    "count": s,
+                    "start": 0,
+                    "iterations": 0,
+                    "images": round(len(its) * he["steps"] * sample * HVP_STEPS),
+                    "eval_images": 0,
+                }
+            )
     return out
 
 

@@ -79,8 +79,10 @@ def run_mask(run_dir: Path, network: str, args) -> tuple[dict | None, str]:
         model = models.build(network)
         full = prune.full_mask(weights, models.prunable(model, network))
         mask = prune.global_magnitude(weights, full, 1.0 - args.standin_keep)
-        return mask, (f"STAND-IN mask: global magnitude of {ck.name}, "
-                      f"{prune.remaining_fraction(mask):.3f} kept (no trained IMP mask)")  # fmt: skip
+        return mask, (
+            f"STAND-IN mask: global magnitude of {ck.name}, "
+            f"{prune.remaining_fraction(mask):.3f} kept (no trained IMP mask)"
+        )
     return None, "no mask (every prunable weight kept)"
 
 
@@ -108,19 +110,31 @@ def main(argv=None) -> None:
     for run_dir in args.dense:
         mask, label = run_mask(run_dir, args.network, args)
         ck = run_dir / "checkpoints"
-        per_run.append(effective_stds(args.network, ck / f"iter{args.k}.pt", ck / "iter0.pt",
-                                      variants, mask, seed=_seed_of(run_dir)))  # fmt: skip
+        per_run.append(
+            effective_stds(
+                args.network,
+                ck / f"iter{args.k}.pt",
+                ck / "iter0.pt",
+                variants,
+                mask,
+                seed=_seed_of(run_dir),
+            )
+        )
         print(f"{run_dir}: {label}")
     paper_values = PAPER_K500 if args.k == paper.EFFECTIVE_STD_K else {}
-    print(f"\n{'variant':<28}{'effective std':>14}{'± over runs':>13}{'mean':>10}"
-          f"{'paper (k=500)':>15}")  # fmt: skip
+    print(
+        f"\n{'variant':<28}{'effective std':>14}{'± over runs':>13}{'mean':>10}"
+        f"{'paper (k=500)':>15}"
+    )
     for name in variants:
         stds = np.array([r[name][1] for r in per_run])
         means = np.array([r[name][0] for r in per_run])
         spread = stds.std(ddof=1) if len(stds) > 1 else 0.0
         ref = paper_values.get(name)
-        print(f"{name:<28}{stds.mean():>14.4f}{spread:>13.4f}{means.mean():>10.4f}"
-              f"{'' if ref is None else ref:>15}")  # fmt: skip
+        print(
+            f"{name:<28}{stds.mean():>14.4f}{spread:>13.4f}{means.mean():>10.4f}"
+            f"{'' if ref is None else ref:>15}"
+        )
 
 
 if __name__ == "__main__":

@@ -100,8 +100,11 @@ def main(argv=None) -> None:
         r = measure([*smk, "-n", "--quiet", "rules"], work, args.rounds)
         results["dry_run"] = r
         results["jobs"] = jobs_in(r["out"])
-        print(f"dry run: {results['jobs']} jobs  wall {r['wall_s']:.1f} s  CPU {r['cpu_s']:.1f} s  "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+        print(
+            f"dry run: {results['jobs']} jobs  wall {r['wall_s']:.1f} s  CPU {r['cpu_s']:.1f} s  "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
         if args.no_op:
             summary = timed([*smk, "--summary", "--quiet", "all"], work)["out"]
             files = [
@@ -126,8 +129,11 @@ def main(argv=None) -> None:
                     "the up-to-date check still wants to run jobs:\n" + r["out"][-2000:]
                 )
             results["no_op"] = r
-            print(f"no-op check: wall {r['wall_s']:.1f} s  CPU {r['cpu_s']:.1f} s  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+            print(
+                f"no-op check: wall {r['wall_s']:.1f} s  CPU {r['cpu_s']:.1f} s  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     for r in results.values():
         if isinstance(r, dict):
             r.pop("out", None)

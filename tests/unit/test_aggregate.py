@@ -161,9 +161,16 @@ def _chain(root, seed, level, *, network="resnet20", k=0, accuracy=0.9):
     metrics.write_run(
         path / "metrics.h5",
         make_metrics(accuracy),
-        {"network": network, "seed": seed, "level": level, "weights_remaining_fraction": 0.8**level,
-         "experiment": "imp", "series": f"rewind{k}", "rewind_iteration": k},
-    )  # fmt: skip
+        {
+            "network": network,
+            "seed": seed,
+            "level": level,
+            "weights_remaining_fraction": 0.8**level,
+            "experiment": "imp",
+            "series": f"rewind{k}",
+            "rewind_iteration": k,
+        },
+    )
     return str(path / "metrics.h5")
 
 
@@ -171,10 +178,15 @@ def _entries(paths_by_key):
     from pipeline_scripts.earlyphase import identity
 
     return [
-        {"series": "rewind0", "level": level, "seed": seed, "path": p,
-         "expect": {"network": "resnet20", **identity.from_path(p)}}
+        {
+            "series": "rewind0",
+            "level": level,
+            "seed": seed,
+            "path": p,
+            "expect": {"network": "resnet20", **identity.from_path(p)},
+        }
         for (level, seed), p in paths_by_key.items()
-    ]  # fmt: skip
+    ]
 
 
 def test_a_metrics_file_copied_over_another_runs_is_refused_naming_both(tmp_path):

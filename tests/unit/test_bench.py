@@ -20,9 +20,30 @@ def _restore_threads():
 
 def test_quick_benchmark_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["--quick", "--networks", NET, "--sparse", NET, "--reference", NET,
-            "--eval-sweep", NET, "--eval-batches", "100", "250", "--compile", "none",
-            "--multirun", NET, "--multirun-n", "2", "--threads", "1", "--out", str(out)]  # fmt: skip
+    args = [
+        "--quick",
+        "--networks",
+        NET,
+        "--sparse",
+        NET,
+        "--reference",
+        NET,
+        "--eval-sweep",
+        NET,
+        "--eval-batches",
+        "100",
+        "250",
+        "--compile",
+        "none",
+        "--multirun",
+        NET,
+        "--multirun-n",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert bench.main(args) == 0
     result = json.loads(out.read_text())
     assert result["format"] == bench.FORMAT and result["quick"] is True
@@ -44,8 +65,9 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path, capsys):
 
 def test_step_clock_windows():
     """Warm-up, then windows of whole steps sized from the warm-up step time; stops by raising."""
-    plan = bench.Plan(warmup_steps=2, warmup_s=0.0, window_s=0.0, windows=3,
-                      max_other_cores=float("inf"))  # fmt: skip
+    plan = bench.Plan(
+        warmup_steps=2, warmup_s=0.0, window_s=0.0, windows=3, max_other_cores=float("inf")
+    )
     clock = bench.StepClock(plan, n_train=100, batch_size=32)
     with pytest.raises(bench._Enough):
         for it in range(100):

@@ -63,16 +63,32 @@ class Runs:
         path = self.root / "runs" / f"{uuid.uuid4().hex}.h5"
         ipe = math.ceil(self.n_train / self.hp["batch_size"])
         m = types.SimpleNamespace(  # the train.Metrics fields write_run reads
-            train_iteration=[1], train_loss=[1.0], eval_iteration=[1], eval_loss=[1.0],
-            eval_accuracy=[accuracy / 100], eval_wall_seconds=[1.0], train_seconds=1.0,
-            eval_seconds=0.1, images=128,
-        )  # fmt: skip
-        metrics.write_run(path, m, {
-            "network": net, "seed": seed, "level": level, "hparams": self.hp,
-            "weights_remaining_fraction": 0.8**level, "n_train": self.n_train,
-            "n_test": self.n_test, "iterations_per_epoch": ipe,
-            "total_iterations": round(self.hp["epochs"] * ipe), **attrs,
-        })  # fmt: skip
+            train_iteration=[1],
+            train_loss=[1.0],
+            eval_iteration=[1],
+            eval_loss=[1.0],
+            eval_accuracy=[accuracy / 100],
+            eval_wall_seconds=[1.0],
+            train_seconds=1.0,
+            eval_seconds=0.1,
+            images=128,
+        )
+        metrics.write_run(
+            path,
+            m,
+            {
+                "network": net,
+                "seed": seed,
+                "level": level,
+                "hparams": self.hp,
+                "weights_remaining_fraction": 0.8**level,
+                "n_train": self.n_train,
+                "n_test": self.n_test,
+                "iterations_per_epoch": ipe,
+                "total_iterations": round(self.hp["epochs"] * ipe),
+                **attrs,
+            },
+        )
         return str(path)
 
     def add(self, series, level, seed, accuracy, **attrs):
@@ -81,8 +97,12 @@ class Runs:
 
     def summary(self, name):
         out = self.root / f"{name}.h5"
-        aggregate.summarise(self.entries, out, attrs={"network": "resnet20"},
-                            extra=("effective_mean", "effective_std"))  # fmt: skip
+        aggregate.summarise(
+            self.entries,
+            out,
+            attrs={"network": "resnet20"},
+            extra=("effective_mean", "effective_std"),
+        )
         self.entries = []
         return str(out)
 
@@ -150,8 +170,14 @@ def perturb_summary(runs, k, eff_scale=1.05, slope=-40.0):
         offset = rng.normal(0, 1.0)
         for s in SEEDS:
             e = std * (1 + 0.01 * s)
-            runs.add(name, FIG8_LEVEL, s, 92 + slope * e + offset + 0.1 * s,
-                     effective_std=e, effective_mean=0.01 * e)  # fmt: skip
+            runs.add(
+                name,
+                FIG8_LEVEL,
+                s,
+                92 + slope * e + offset + 0.1 * s,
+                effective_std=e,
+                effective_mean=0.01 * e,
+            )
     return runs.summary(f"perturb_rewind{k}")
 
 
@@ -259,8 +285,13 @@ def test_pretraining_claims_and_disabled_ones_not_run(paper_scale):
     rows = paper_scale[0]
     rot = rows["pretrain_rotation_e40"]
     assert rot.measured_value == pytest.approx(-0.3) and rot.verdict == claims.REPRODUCED
-    for cid in ("pretrain_blur_e40", "pretrain_random_labels", "pretrain_blur_rotation",
-                "sparse_pretrain_imp_hurts", "sparse_pretrain_no_benefit"):  # fmt: skip
+    for cid in (
+        "pretrain_blur_e40",
+        "pretrain_random_labels",
+        "pretrain_blur_rotation",
+        "sparse_pretrain_imp_hurts",
+        "sparse_pretrain_no_benefit",
+    ):
         assert rows[cid].verdict == claims.NOT_RUN, cid
         assert rows[cid].note
 
@@ -269,11 +300,12 @@ def test_a_missing_tolerance_is_not_reproduced(tmp_path):
     """Effective stds twice the paper's and IMP at k = 500 two points below dense fail."""
     runs = Runs(tmp_path)
     rows, _ = claims.build_claims(
-        networks=["resnet20"], settings=settings(perturb_rewinds=[500]),
+        networks=["resnet20"],
+        settings=settings(perturb_rewinds=[500]),
         dense={"resnet20": dense_files(runs)},
         imp=imp_summary(runs, drop_at_8={0: -2.0, 500: -2.0, 2000: 0.0}),
         perturb={500: perturb_summary(runs, 500, eff_scale=2.0)},
-    )  # fmt: skip
+    )
     rows = {r.id: r for r in rows}
     assert rows["figure1_match_k500"].verdict == claims.NOT_REPRODUCED
     assert rows["effective_std_shuffle_layer"].verdict == claims.NOT_REPRODUCED
@@ -286,15 +318,21 @@ def test_a_missing_tolerance_is_not_reproduced(tmp_path):
 def test_everything_disabled_is_not_run(tmp_path):
     runs = Runs(tmp_path)
     rows, _ = claims.build_claims(
-        networks=["resnet20"], settings=settings(variants={}, perturb_rewinds=[]),
+        networks=["resnet20"],
+        settings=settings(variants={}, perturb_rewinds=[]),
         dense={"resnet20": dense_files(runs)},
-    )  # fmt: skip
+    )
     by_family = {r.id: r.verdict for r in rows}
     assert by_family["tableA1_resnet20"] == claims.REPRODUCED
     others = [r for r in rows if not r.id.startswith("tableA1_")]
     assert others and all(r.verdict == claims.NOT_RUN and r.note for r in others)
-    assert {r.id for r in others} >= {"figure1_match_k500+", "figure8_r_k500", "figure8_p_k2000",
-                                      "effective_std_shuffle_layer", "timeline_grad_min"}  # fmt: skip
+    assert {r.id for r in others} >= {
+        "figure1_match_k500+",
+        "figure8_r_k500",
+        "figure8_p_k2000",
+        "effective_std_shuffle_layer",
+        "timeline_grad_min",
+    }
 
 
 def test_small_scale_is_not_comparable_and_says_why(tmp_path):
@@ -305,12 +343,16 @@ def test_small_scale_is_not_comparable_and_says_why(tmp_path):
         settings=settings(data_source="synthetic", imp_levels=2, imp_rewinds=[0, 4]),
         dense={"resnet8_w4": [runs.metrics_file("resnet8_w4", s, 9.0) for s in (1, 2)]},
         imp=imp_summary(runs, levels=range(3), rewinds=(0, 4)),
-    )  # fmt: skip
+    )
     rows = {r.id: r for r in rows}
     own = rows["tableA1_resnet8_w4"]
     assert own.verdict == claims.NOT_COMPARABLE and own.measured_value == pytest.approx(9.0)
-    for text in ("synthetic data", "512 training images", "2 epochs (paper 160)",
-                 "not a Table A1 network"):  # fmt: skip
+    for text in (
+        "synthetic data",
+        "512 training images",
+        "2 epochs (paper 160)",
+        "not a Table A1 network",
+    ):
         assert text in own.note
     fig1 = rows["figure1_match_k500+"]  # the largest k instead, at the sparsest level
     assert fig1.verdict == claims.NOT_COMPARABLE and math.isfinite(fig1.measured_value)
@@ -321,8 +363,10 @@ def test_small_scale_is_not_comparable_and_says_why(tmp_path):
 
 
 def test_variants_match_by_perturbation_not_by_name():
-    variants = {"my_layer_shuffle": {"kind": "shuffle", "scope": "layer", "same_sign": False},
-                "mine": {"kind": "shuffle_magnitudes_keep_signs"}}  # fmt: skip
+    variants = {
+        "my_layer_shuffle": {"kind": "shuffle", "scope": "layer", "same_sign": False},
+        "mine": {"kind": "shuffle_magnitudes_keep_signs"},
+    }
     assert claims.find_variant(variants, {"kind": "shuffle", "scope": "layer"}) == (
         "my_layer_shuffle"
     )
@@ -331,12 +375,25 @@ def test_variants_match_by_perturbation_not_by_name():
 
 
 def test_layout_maps_the_rule_inputs():
-    layout = [["dense", "resnet20/1"], ["dense", "resnet20/2"], ["telemetry", "resnet20"],
-              ["perturb", 500], ["pretrain", "blur"], ["sparse", "resnet20"]]  # fmt: skip
+    layout = [
+        ["dense", "resnet20/1"],
+        ["dense", "resnet20/2"],
+        ["telemetry", "resnet20"],
+        ["perturb", 500],
+        ["pretrain", "blur"],
+        ["sparse", "resnet20"],
+    ]
     files = claims.from_layout(layout, ["d1", "d2", "t", "p", "b", "s"])
-    assert files == {"dense": {"resnet20": ["d1", "d2"]}, "telemetry": "t", "imp": None,
-                     "perturb": {500: "p"}, "pretrain": {"blur": "b"}, "sparse": "s",
-                     "stability": None, "hessian": None}  # fmt: skip
+    assert files == {
+        "dense": {"resnet20": ["d1", "d2"]},
+        "telemetry": "t",
+        "imp": None,
+        "perturb": {500: "p"},
+        "pretrain": {"blur": "b"},
+        "sparse": "s",
+        "stability": None,
+        "hessian": None,
+    }
     with pytest.raises(ValueError, match="unknown claims input"):
         claims.from_layout([["oops", "x"]], ["x"])
 

@@ -24,12 +24,23 @@ def interpolation_files(root, barriers=BARRIERS):
             for s in SEEDS:
                 err = np.full(5, 0.1)
                 err[2] += (b + 0.01 * s) / 100  # the barrier sits in the middle of the path
-                result = {"alpha": np.linspace(0, 1, 5), "error": err, "loss": err,
-                          "barrier": float(err.max() - 0.1), "loss_barrier": 0.0}  # fmt: skip
+                result = {
+                    "alpha": np.linspace(0, 1, 5),
+                    "error": err,
+                    "loss": err,
+                    "barrier": float(err.max() - 0.1),
+                    "loss_barrier": 0.0,
+                }
                 p = root / f"results/resnet20/seed{s}/stability/{sub}/k{k}/interpolation.h5"
-                attrs = {"network": "resnet20", "seed": s, "level": level, "rewind_iteration": k,
-                         "batchnorm": "interpolate", "experiment": "stability",
-                         "weights_remaining_fraction": 0.8**level}  # fmt: skip
+                attrs = {
+                    "network": "resnet20",
+                    "seed": s,
+                    "level": level,
+                    "rewind_iteration": k,
+                    "batchnorm": "interpolate",
+                    "experiment": "stability",
+                    "weights_remaining_fraction": 0.8**level,
+                }
                 stability.write(p, result, attrs)
                 paths.append(str(p))
     out = root / "results/resnet20/summary/stability.h5"
@@ -42,10 +53,30 @@ def hessian_files(root, top=TOP):
     for s in SEEDS:
         p = root / f"results/resnet20/seed{s}/dense/hessian.h5"
         p.parent.mkdir(parents=True, exist_ok=True)
-        results = [{"top": t * (1 + 0.01 * s), "ritz": np.array([t, t / 2, t / 3]), "residual": 0.01,
-                    "hvps": 20, "seconds": 1.0} for t in top]  # fmt: skip
-        hessian.write(p, HESSIAN_ITS, results, {"network": "resnet20", "seed": s, "lr": 0.1,
-                      "momentum": 0.9, "samples": 2048, "steps": 20, "threshold": 38.0})  # fmt: skip
+        results = [
+            {
+                "top": t * (1 + 0.01 * s),
+                "ritz": np.array([t, t / 2, t / 3]),
+                "residual": 0.01,
+                "hvps": 20,
+                "seconds": 1.0,
+            }
+            for t in top
+        ]
+        hessian.write(
+            p,
+            HESSIAN_ITS,
+            results,
+            {
+                "network": "resnet20",
+                "seed": s,
+                "lr": 0.1,
+                "momentum": 0.9,
+                "samples": 2048,
+                "steps": 20,
+                "threshold": 38.0,
+            },
+        )
         paths.append(str(p))
     out = root / "results/resnet20/summary/hessian.h5"
     hessian.summarise(paths, out, "resnet20", [0, 500, 2000])
@@ -87,9 +118,13 @@ def test_stable_iff_matching_compares_with_figure_1(rows):
 def test_disagreement_is_not_reproduced(tmp_path):
     runs = Runs(tmp_path)
     unstable_500 = {"dense": BARRIERS["dense"], "level8": {0: 12.0, 500: 5.0, 2000: 0.4}}
-    out, _ = claims.build_claims(networks=["resnet20"], settings=settings(),
-                                 dense={"resnet20": dense_files(runs)}, imp=imp_summary(runs),
-                                 stability=interpolation_files(tmp_path, unstable_500))  # fmt: skip
+    out, _ = claims.build_claims(
+        networks=["resnet20"],
+        settings=settings(),
+        dense={"resnet20": dense_files(runs)},
+        imp=imp_summary(runs),
+        stability=interpolation_files(tmp_path, unstable_500),
+    )
     r = {c.id: c for c in out}["beyond_lmc_stable_iff_matching"]
     assert r.measured_value == pytest.approx(2 / 3) and r.verdict == claims.NOT_REPRODUCED
     assert "(disagree)" in r.measured
@@ -106,7 +141,8 @@ def test_hessian_rows(rows):
 
 def test_switched_off_measurements_are_not_run(tmp_path):
     runs = Runs(tmp_path)
-    out, _ = claims.build_claims(networks=["resnet20"], settings=settings(),
-                                 dense={"resnet20": dense_files(runs)})  # fmt: skip
+    out, _ = claims.build_claims(
+        networks=["resnet20"], settings=settings(), dense={"resnet20": dense_files(runs)}
+    )
     beyond = [c for c in out if c.id.startswith("beyond_")]
     assert len(beyond) == 7 and all(c.verdict == claims.NOT_RUN for c in beyond)

@@ -82,8 +82,16 @@ def test_device_hours_follow_the_formula(tmp_path):
         "perturb: {run: []}\npretrain: {tasks: [], sparse: {kinds: []}}\n"
         "stability: {rewind_iterations: []}\nhessian: {iterations: []}\n"
     )
-    bench = {"networks": {"resnet20": {"network": "resnet20", "sparsity": 0.0,
-             "ours": {"img_s": 100.0}, "eval": {"250": {"img_s": 400.0}}}}}  # fmt: skip
+    bench = {
+        "networks": {
+            "resnet20": {
+                "network": "resnet20",
+                "sparsity": 0.0,
+                "ours": {"img_s": 100.0},
+                "eval": {"250": {"img_s": 400.0}},
+            }
+        }
+    }
     est = cost.estimate(cost.load_config([cfg]), bench)
     assert est["training_jobs_by_rule"] == {"train_dense": 1, "train_imp_level": 1}
     # 20 iterations x 128 images per job; dense evaluates at 0, 10, 20 plus telemetry 1, 2, 4.

@@ -41,8 +41,11 @@ def exact_hessian(model, x, y, batch_size):
         params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes, strict=True)}
         losses = []
         for i in range(0, len(x), batch_size):
-            out = functional_call(model, ({**params, **{k: v.clone() for k, v in buffers.items()}},),
-                                  (x[i : i + batch_size],))  # fmt: skip
+            out = functional_call(
+                model,
+                ({**params, **{k: v.clone() for k, v in buffers.items()}},),
+                (x[i : i + batch_size],),
+            )
             losses.append(F.cross_entropy(out, y[i : i + batch_size]))
         return torch.stack(losses).mean()
 
@@ -64,8 +67,9 @@ def test_lanczos_matches_exact_top_eigenvalue_of_a_matrix():
     a = torch.randn(40, 40, generator=g, dtype=torch.float64)
     m = a @ a.T / 40 - 0.5 * torch.eye(40, dtype=torch.float64)
     exact = torch.linalg.eigvalsh(m)
-    top, ritz, residual, used = hessian.lanczos(lambda v: m @ v, 40, 40, torch.Generator().manual_seed(2),
-                                                dtype=torch.float64)  # fmt: skip
+    top, ritz, residual, used = hessian.lanczos(
+        lambda v: m @ v, 40, 40, torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     assert top == pytest.approx(float(exact[-1]), rel=1e-10)
     np.testing.assert_allclose(ritz[:5], exact.flip(0)[:5].numpy(), rtol=1e-8)
     assert residual < 1e-6

@@ -88,10 +88,20 @@ def test_masks_and_checkpoints_of_another_run_are_refused(tmp_path):
     checkpoint.save(
         tmp_path / "iter500.pt", {"w": torch.zeros(1)}, iteration=100, network="resnet20"
     )
-    checkpoint.save(tmp_path / "final.pt", {"w": torch.zeros(1)}, iteration=9, network="vgg13",
-                    meta={"seed": 2})  # fmt: skip
-    job = runs.Job(network="resnet20", seed=1, data_path="", hparams={}, runtime={},
-                   eval_every=1, out_final="", out_metrics="", workdir="")  # fmt: skip
+    checkpoint.save(
+        tmp_path / "final.pt", {"w": torch.zeros(1)}, iteration=9, network="vgg13", meta={"seed": 2}
+    )
+    job = runs.Job(
+        network="resnet20",
+        seed=1,
+        data_path="",
+        hparams={},
+        runtime={},
+        eval_every=1,
+        out_final="",
+        out_metrics="",
+        workdir="",
+    )
     with pytest.raises(ValueError, match="iteration 100 \\(expected 500\\)"):
         runs._checkpoint_of(job, str(tmp_path / "iter500.pt"))
     with pytest.raises(ValueError, match="network 'vgg13' \\(expected 'resnet20'\\), seed 2"):

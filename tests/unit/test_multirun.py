@@ -90,9 +90,17 @@ def test_grouped_matches_separate_runs(dataset, separate, method="grouped"):
     states, sep_metrics, _ = separate
     group = [_model(s) for s in SEEDS]
     res = multirun.train_group(
-        group, dataset, HP, SEEDS, masks=_masks(), method=method, eval_iterations=[0, 3],
-        log_every=2, snapshot_iterations=[0, 4], log=lambda s: None,
-    )  # fmt: skip
+        group,
+        dataset,
+        HP,
+        SEEDS,
+        masks=_masks(),
+        method=method,
+        eval_iterations=[0, 3],
+        log_every=2,
+        snapshot_iterations=[0, 4],
+        log=lambda s: None,
+    )
     assert res.total_iterations == 6 and res.iterations_per_epoch == 3
     for i, (seed, mask) in enumerate(zip(SEEDS, _masks(), strict=True)):
         _close(group[i].state_dict(), states[i], f"{method} seed {seed}", TOL[method])
@@ -166,8 +174,14 @@ def test_vmap_first_steps_match(dataset, separate):
     _, _, at3 = separate
     group = [_model(s) for s in SEEDS]
     multirun.train_group(
-        group, dataset, HP, SEEDS, masks=_masks(), method="vmap", max_iterations=3,
+        group,
+        dataset,
+        HP,
+        SEEDS,
+        masks=_masks(),
+        method="vmap",
+        max_iterations=3,
         log=lambda s: None,
-    )  # fmt: skip
+    )
     for i, seed in enumerate(SEEDS):
         _close(group[i].state_dict(), at3[i], f"vmap seed {seed} at 3", TOL["vmap"])

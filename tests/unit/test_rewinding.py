@@ -118,8 +118,9 @@ def test_level_rewound_to_0_with_a_full_mask_is_the_dense_trajectory(data_file, 
         m = models.build(NET)
         models.initialise(m, rng.generator(1, "init"))
         opts = train.RunOptions(seed=1, log_every=5)
-        train.train(m, ds, HP, opts, workdir=tmp_path / str(bool(mask)), mask=mask,
-                    log=lambda s: None)  # fmt: skip
+        train.train(
+            m, ds, HP, opts, workdir=tmp_path / str(bool(mask)), mask=mask, log=lambda s: None
+        )
         return m.state_dict()
 
     template = models.build(NET)

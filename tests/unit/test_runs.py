@@ -21,11 +21,17 @@ def setup(tmp_path_factory):
     data.prepare(root / "d.h5", "synthetic", synthetic={"n_train": 96, "n_test": 32}, seed=0)
     dense = root / "dense"
     job = runs.Job(
-        network=NET, seed=1, data_path=str(root / "d.h5"), hparams=HP, runtime={"log_every": 1},
-        eval_every=1, workdir=str(root / "w"), out_final=str(dense / "final.pt"),
+        network=NET,
+        seed=1,
+        data_path=str(root / "d.h5"),
+        hparams=HP,
+        runtime={"log_every": 1},
+        eval_every=1,
+        workdir=str(root / "w"),
+        out_final=str(dense / "final.pt"),
         out_metrics=str(dense / "metrics.h5"),
         snapshots={0: str(dense / "iter0.pt"), 2: str(dense / "iter2.pt")},
-    )  # fmt: skip
+    )
     runs.run(job, log=lambda s: None)
     weights = checkpoint.load(dense / "final.pt")["state_dict"]
     model = models.build(NET)
@@ -38,10 +44,18 @@ def setup(tmp_path_factory):
 def _branch(root, name, **kw):
     out = root / name
     job = runs.Job(
-        network=NET, seed=1, data_path=str(root / "d.h5"), hparams=HP, runtime={"log_every": 1},
-        eval_every=1, workdir=str(out / "w"), out_final=str(out / "final.pt"),
-        out_metrics=str(out / "metrics.h5"), snapshots={0: str(out / "start.pt")}, **kw,
-    )  # fmt: skip
+        network=NET,
+        seed=1,
+        data_path=str(root / "d.h5"),
+        hparams=HP,
+        runtime={"log_every": 1},
+        eval_every=1,
+        workdir=str(out / "w"),
+        out_final=str(out / "final.pt"),
+        out_metrics=str(out / "metrics.h5"),
+        snapshots={0: str(out / "start.pt")},
+        **kw,
+    )
     attrs = runs.run(job, log=lambda s: None)
     return attrs, checkpoint.load(out / "start.pt")["state_dict"], out
 
@@ -49,10 +63,15 @@ def _branch(root, name, **kw):
 def test_perturbation_touches_only_kept_prunable_weights(setup):
     root, mask = setup
     attrs, start, out = _branch(
-        root, "noise", init=str(root / "dense" / "iter2.pt"), mask_in=str(root / "mask.pt"),
-        perturbation={"kind": "noise", "scale": 1.0}, perturb_init0=str(root / "dense/iter0.pt"),
-        perturb_key="noise_1", level=3,
-    )  # fmt: skip
+        root,
+        "noise",
+        init=str(root / "dense" / "iter2.pt"),
+        mask_in=str(root / "mask.pt"),
+        perturbation={"kind": "noise", "scale": 1.0},
+        perturb_init0=str(root / "dense/iter0.pt"),
+        perturb_key="noise_1",
+        level=3,
+    )
     k2 = checkpoint.load(root / "dense" / "iter2.pt")["state_dict"]
     for name, value in k2.items():
         if name in mask:
@@ -87,9 +106,14 @@ def test_rotation_pretraining_swaps_heads_and_keeps_the_body(setup):
 def test_sparse_pretraining_keeps_masks_exact(setup):
     root, mask = setup
     _, start, out = _branch(
-        root, "sparse", task="rotation", init=str(root / "dense" / "iter2.pt"),
-        mask_in=str(root / "mask.pt"), out_mask=str(root / "sparse" / "mask.pt"), level=3,
-    )  # fmt: skip
+        root,
+        "sparse",
+        task="rotation",
+        init=str(root / "dense" / "iter2.pt"),
+        mask_in=str(root / "mask.pt"),
+        out_mask=str(root / "sparse" / "mask.pt"),
+        level=3,
+    )
     final = checkpoint.load(out / "final.pt")["state_dict"]
     for name, keep in mask.items():
         if not name.startswith("fc."):  # the pretext head is temporary and dense
@@ -101,9 +125,13 @@ def test_sparse_pretraining_keeps_masks_exact(setup):
 def test_random_mask_has_the_same_per_layer_sparsity(setup):
     root, mask = setup
     _, start, out = _branch(
-        root, "random", init=str(root / "dense" / "iter2.pt"), random_mask_like=str(root / "mask.pt"),
-        out_mask=str(root / "random" / "mask.pt"), level=3,
-    )  # fmt: skip
+        root,
+        "random",
+        init=str(root / "dense" / "iter2.pt"),
+        random_mask_like=str(root / "mask.pt"),
+        out_mask=str(root / "random" / "mask.pt"),
+        level=3,
+    )
     rand = prune.load(root / "random" / "mask.pt")
     assert prune.counts(rand) == prune.counts(mask)
     assert any(not torch.equal(rand[n], mask[n]) for n in mask)
@@ -157,10 +185,17 @@ def test_effective_std_tool_labels_its_mask(setup, tmp_path, capsys):
 def _job(root, name, seed, **kw):
     out = root / name
     return runs.Job(
-        network=NET, seed=seed, data_path=str(root / "d.h5"), hparams=HP, runtime={"log_every": 1},
-        eval_every=1, workdir=str(out / "w"), out_final=str(out / "final.pt"),
-        out_metrics=str(out / "metrics.h5"), **kw,
-    )  # fmt: skip
+        network=NET,
+        seed=seed,
+        data_path=str(root / "d.h5"),
+        hparams=HP,
+        runtime={"log_every": 1},
+        eval_every=1,
+        workdir=str(out / "w"),
+        out_final=str(out / "final.pt"),
+        out_metrics=str(out / "metrics.h5"),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("kind", ["perturb_and_prune", "rotation"])
@@ -173,16 +208,31 @@ def test_group_of_runs_writes_what_separate_runs_write(setup, kind):
         specs = [dict(seed=s, task="rotation") for s in (1, 2)]
     else:
         specs = [
-            dict(seed=1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
-                 perturbation={"kind": "noise", "scale": 1.0}, perturb_key="noise_1",
-                 perturb_init0=str(dense / "iter0.pt"), level=3),
-            dict(seed=2, init=str(dense / "iter2.pt"),
-                 prune_from=(str(dense / "final_seed2.pt"), None), level=1),
-        ]  # fmt: skip
+            dict(
+                seed=1,
+                init=str(dense / "iter2.pt"),
+                mask_in=str(root / "mask.pt"),
+                perturbation={"kind": "noise", "scale": 1.0},
+                perturb_key="noise_1",
+                perturb_init0=str(dense / "iter0.pt"),
+                level=3,
+            ),
+            dict(
+                seed=2,
+                init=str(dense / "iter2.pt"),
+                prune_from=(str(dense / "final_seed2.pt"), None),
+                level=1,
+            ),
+        ]
         # seed 1's final weights, saved as seed 2's (a job checks the seed of what it prunes)
         ck = checkpoint.load(dense / "final.pt")
-        checkpoint.save(dense / "final_seed2.pt", ck["state_dict"], iteration=ck["iteration"],
-                        network=NET, meta={**ck["meta"], "seed": 2})  # fmt: skip
+        checkpoint.save(
+            dense / "final_seed2.pt",
+            ck["state_dict"],
+            iteration=ck["iteration"],
+            network=NET,
+            meta={**ck["meta"], "seed": 2},
+        )
     outs = {}
     for mode in ("alone", "group"):
         jobs = []
@@ -251,18 +301,29 @@ def _final(job):
 
 def _level_job(root, name, **kw):
     dense = root / "dense"
-    spec = dict(init=str(dense / "iter2.pt"), prune_from=(str(dense / "final.pt"), None), level=1,
-                out_mask=str(root / name / "mask.pt"), prune_fraction=0.2)  # fmt: skip
+    spec = dict(
+        init=str(dense / "iter2.pt"),
+        prune_from=(str(dense / "final.pt"), None),
+        level=1,
+        out_mask=str(root / name / "mask.pt"),
+        prune_fraction=0.2,
+    )
     return dataclasses.replace(_job(root, name, 1), **{**spec, **kw})
 
 
 def _noise_job(root, name, scale=1.0):
     dense = root / "dense"
     return _job(
-        root, name, 1, init=str(dense / "iter2.pt"), mask_in=str(root / "mask.pt"),
-        perturbation={"kind": "noise", "scale": scale}, perturb_key="noise",
-        perturb_init0=str(dense / "iter0.pt"), level=3,
-    )  # fmt: skip
+        root,
+        name,
+        1,
+        init=str(dense / "iter2.pt"),
+        mask_in=str(root / "mask.pt"),
+        perturbation={"kind": "noise", "scale": scale},
+        perturb_key="noise",
+        perturb_init0=str(dense / "iter0.pt"),
+        level=3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -298,10 +359,12 @@ def test_resume_state_is_used_only_by_the_run_that_saved_it(setup, monkeypatch, 
     runs.run(after, log=logged.append)
     workdir = Path(after.workdir)
     fresh = dataclasses.replace(
-        after, workdir=str(workdir) + "_fresh", out_final=after.out_final + ".fresh.pt",
+        after,
+        workdir=str(workdir) + "_fresh",
+        out_final=after.out_final + ".fresh.pt",
         out_metrics=after.out_metrics + ".fresh.h5",
         out_mask=after.out_mask and after.out_mask + ".fresh.pt",
-    )  # fmt: skip
+    )
     runs.run(fresh, log=lambda s: None)
     assert all(torch.equal(_final(after)[k], v) for k, v in _final(fresh).items())
     text = "\n".join(logged)

@@ -43,10 +43,24 @@ def _job(data_file, out, seed=1, **kw):
 
 def _copy(data_file, root, dense, seed, replica, sub="dense"):
     out = root / f"results/{NET}/seed{seed}/stability/{sub}/k{K}/{replica}"
-    attrs = {"experiment": "stability", "series": f"{sub}/{replica}", "rewind_iteration": K,
-             "data_stream": replica}  # fmt: skip
-    runs.run(_job(data_file, out, seed, init=str(dense / f"iter{K}.pt"), start_iteration=K,
-                  data_stream=replica, attrs=attrs), **QUIET)  # fmt: skip
+    attrs = {
+        "experiment": "stability",
+        "series": f"{sub}/{replica}",
+        "rewind_iteration": K,
+        "data_stream": replica,
+    }
+    runs.run(
+        _job(
+            data_file,
+            out,
+            seed,
+            init=str(dense / f"iter{K}.pt"),
+            start_iteration=K,
+            data_stream=replica,
+            attrs=attrs,
+        ),
+        **QUIET,
+    )
     return out
 
 
@@ -136,8 +150,9 @@ def test_barrier_of_a_network_with_itself_is_zero(data_file, trained):
     norm = augment.Normalise(HP.mean, HP.std, "cpu")
     from pipeline_scripts.earlyphase import train
 
-    r = stability.curve(model, state, state, lambda m: train.evaluate(m, ds.test_x, ds.test_y,
-                        norm, 64), 9)  # fmt: skip
+    r = stability.curve(
+        model, state, state, lambda m: train.evaluate(m, ds.test_x, ds.test_y, norm, 64), 9
+    )
     assert r["barrier"] == 0.0 and r["loss_barrier"] == pytest.approx(0.0, abs=1e-6)
     assert np.all(r["error"] == r["error"][0])
 

@@ -98,8 +98,9 @@ def test_sample_gradient_is_the_mean_batch_norm_and_leaves_training_untouched(tm
     def loss_fn(xb, yb):
         return torch.nn.functional.cross_entropy(model(xb.float() / 255), yb)
 
-    rec = telemetry.Recorder(model, names, [0], seed=0, snapshot_path=tmp_path / "t.h5",
-                             grad_sample=(x, y), grad_batch=4)  # fmt: skip
+    rec = telemetry.Recorder(
+        model, names, [0], seed=0, snapshot_path=tmp_path / "t.h5", grad_sample=(x, y), grad_batch=4
+    )
     rec.attach(loss_fn)
     model.conv.weight.grad = torch.ones_like(model.conv.weight)
     buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -163,8 +164,12 @@ def test_timeline_on_hand_made_curves():
     grad[-1] = np.nan  # as recorded: no gradient is computed after the last step
     acc = np.minimum(its / 4000, 1.0) * 0.9
     signs = its / 40000
-    summary = {"iteration": its, "grad_norm/mean": grad, "accuracy/mean": acc,
-               "sign_changed/mean": signs}  # fmt: skip
+    summary = {
+        "iteration": its,
+        "grad_norm/mean": grad,
+        "accuracy/mean": acc,
+        "sign_changed/mean": signs,
+    }
     tl = telemetry.timeline(summary, final_accuracy=0.9)
     around_200 = its[np.argsort(np.abs(its - 200))[:2]]  # the schedule points either side
     assert tl["grad_min_iteration"] in around_200
@@ -189,13 +194,32 @@ def _run(ds, work, batch_fn=None, checkpoint_seconds=1e9, record=True, sample=48
     names = models.prunable(model, "resnet8_w4")
     points = telemetry.schedule(12, 4, 8)
     work.mkdir(parents=True, exist_ok=True)
-    rec = telemetry.Recorder(model, names, points, 1, work / "telemetry.h5",
-                             grad_sample=telemetry.grad_sample(ds, sample, 1), grad_batch=32)  # fmt: skip
+    rec = telemetry.Recorder(
+        model,
+        names,
+        points,
+        1,
+        work / "telemetry.h5",
+        grad_sample=telemetry.grad_sample(ds, sample, 1),
+        grad_batch=32,
+    )
     hp = TrainingHparams(batch_size=32, epochs=3, milestones=())
-    opts = train.RunOptions(seed=1, log_every=4, eval_iterations=points, batch_fn=batch_fn,
-                            checkpoint_seconds=checkpoint_seconds)  # fmt: skip
-    train.train(model, ds, hp, opts, workdir=work, log=log or (lambda s: None),
-                recorder=rec if record else None)  # fmt: skip
+    opts = train.RunOptions(
+        seed=1,
+        log_every=4,
+        eval_iterations=points,
+        batch_fn=batch_fn,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    train.train(
+        model,
+        ds,
+        hp,
+        opts,
+        workdir=work,
+        log=log or (lambda s: None),
+        recorder=rec if record else None,
+    )
     rec.model_state = model.state_dict()
     return rec
 
@@ -249,8 +273,9 @@ def test_resume_state_measured_on_another_gradient_sample_is_not_continued(tiny_
     fresh = _run(tiny_data, tmp_path / "fresh", sample=32)
     assert any("NOT resuming" in line for line in logged)
     for key in fresh.values:
-        torch.testing.assert_close(fresh.values[key], resumed.values[key], rtol=0, atol=0,
-                                   equal_nan=True)  # fmt: skip
+        torch.testing.assert_close(
+            fresh.values[key], resumed.values[key], rtol=0, atol=0, equal_nan=True
+        )
 
 
 def test_figure3_from_summary_file(tmp_path):

@@ -212,9 +212,14 @@ def test_fused_sgd_matches_the_reference_sgd():
         nets.append(m)
     opts = [
         train.sgd(nets[0].parameters(), hp),
-        torch.optim.SGD(nets[1].parameters(), lr=hp.lr, momentum=hp.momentum,
-                        weight_decay=hp.weight_decay, foreach=True),
-    ]  # fmt: skip
+        torch.optim.SGD(
+            nets[1].parameters(),
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+            foreach=True,
+        ),
+    ]
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)

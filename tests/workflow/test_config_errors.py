@@ -194,8 +194,18 @@ def test_malformed_config_fails_snakemake_dry_run(tmp_path, case):
 # ---- the command line as documented ------------------------------------------------------------
 def test_numbers_on_the_command_line_are_numbers(tmp_path):
     """`snakemake --config seeds=[1] -n` used to fail with "'1' is not of type 'integer'"."""
-    proc = smk("-n", "--quiet", "rules", "--profile", "profiles/smoke", "--directory",
-               str(tmp_path), "--config", "seeds=[1]", "imp={'fraction': 0.5}")  # fmt: skip
+    proc = smk(
+        "-n",
+        "--quiet",
+        "rules",
+        "--profile",
+        "profiles/smoke",
+        "--directory",
+        str(tmp_path),
+        "--config",
+        "seeds=[1]",
+        "imp={'fraction': 0.5}",
+    )
     assert "train_dense                  1" in proc.stdout, proc.stdout
     config = plan_checks(config_args=["seeds=[1, 3]", "imp={'fraction': 0.5, 'levels': 14}"])
     assert config["seeds"] == [1, 3] and config["imp"]["fraction"] == 0.5
@@ -216,8 +226,9 @@ def test_the_readme_dag_command_runs_as_written():
 def test_profiles_work_from_another_directory(tmp_path, profile):
     """`snakemake --profile <repo>/profiles/<p>` from elsewhere: the profile's paths resolve
     against its own directory; outputs go under the current directory."""
-    proc = smk("--profile", str(ROOT / "profiles" / profile), "-n", "--quiet", "rules",
-               cwd=tmp_path)  # fmt: skip
+    proc = smk(
+        "--profile", str(ROOT / "profiles" / profile), "-n", "--quiet", "rules", cwd=tmp_path
+    )
     assert "train_dense" in proc.stdout and "prepare_data" in proc.stdout
     assert (tmp_path / "runs" / profile).is_dir()  # the profile's `directory:`, under the cwd
     assert not (tmp_path / "config.yaml").exists()

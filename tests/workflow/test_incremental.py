@@ -125,8 +125,15 @@ def test_changed_perturbation_setting_reruns_only_that_branch(smoke_session, tmp
     out = copy_run(smoke_session.out, tmp_path / "run")
     overlay = tmp_path / "noise.yaml"
     overlay.write_text("perturb:\n  variants:\n    noise_1: {kind: noise, scale: 1.25}\n")
-    args = (*SMOKE, "--directory", str(out), "--configfile", "config.yaml", "config/smoke.yaml",
-            str(overlay))  # fmt: skip
+    args = (
+        *SMOKE,
+        "--directory",
+        str(out),
+        "--configfile",
+        "config.yaml",
+        "config/smoke.yaml",
+        str(overlay),
+    )
     plan, graph, text = plan_and_graph(*args)
     roots = [j for j in graph if j.rule == "train_perturbed" and "/noise_1/" in j.output[0]]
     assert len(roots) == 2  # seeds x rewind points x levels of the smoke preset: 2 x 1 x 1
@@ -164,9 +171,14 @@ def test_new_seed_adds_only_its_jobs(smoke_session, tmp_path):
     overlay.write_text("seeds: [1, 2, 3]\n")
     # a dry run only: the shared run is not changed
     plan, graph, text = plan_and_graph(
-        *SMOKE, "--directory", str(smoke_session.out),
-        "--configfile", "config.yaml", "config/smoke.yaml", str(overlay),
-    )  # fmt: skip
+        *SMOKE,
+        "--directory",
+        str(smoke_session.out),
+        "--configfile",
+        "config.yaml",
+        "config/smoke.yaml",
+        str(overlay),
+    )
     roots = [j for j in graph if any("/seed3/" in f for f in j.output)]
     assert {j.output for j in plan} == downstream(graph, roots)
     per_seed = [f for j in plan for f in j.output if re.search(r"/seed\d+/", f)]

@@ -73,12 +73,26 @@ def cluster():
 def test_cluster_gives_a_gpu_job_its_own_device(cluster):
     """What the profile relies on: `--gpus=1` gets a device, exported as CUDA_VISIBLE_DEVICES."""
     proc = _run(
-        "sbatch", "--parsable", "--wait", "-A", ACCOUNT, "-p", PARTITION, "--gpus=1",
-        "--mem=100", "-c", "1", "-t", "2", "-o", "/dev/null",
-        "--wrap", "scontrol show job $SLURM_JOB_ID >/dev/null; "
-        "test -n \"$CUDA_VISIBLE_DEVICES\" && test \"$CUDA_VISIBLE_DEVICES\" != NoDevFiles",
+        "sbatch",
+        "--parsable",
+        "--wait",
+        "-A",
+        ACCOUNT,
+        "-p",
+        PARTITION,
+        "--gpus=1",
+        "--mem=100",
+        "-c",
+        "1",
+        "-t",
+        "2",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "scontrol show job $SLURM_JOB_ID >/dev/null; "
+        'test -n "$CUDA_VISIBLE_DEVICES" && test "$CUDA_VISIBLE_DEVICES" != NoDevFiles',
         timeout=120,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -93,16 +107,25 @@ def slurm_run(cluster, tmp_path_factory):
         EARLYPHASE_SLURM_TRAIN_THREADS="1",  # the test node has 2 CPUs
     )
     cmd = [
-        sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
-        "--directory", str(out),
-        "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config/smoke.yaml"),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "profiles/slurm",
+        "--directory",
+        str(out),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        str(ROOT / "config/smoke.yaml"),
         str(out / "overlay.yaml"),
-        "--retries", "0",  # a failure shows at once
-        "--slurm-init-seconds-before-status-checks", "5",  # the test's jobs take seconds
+        "--retries",
+        "0",  # a failure shows at once
+        "--slurm-init-seconds-before-status-checks",
+        "5",  # the test's jobs take seconds
         "--slurm-keep-successful-logs",  # keep .snakemake/slurm_logs for the assertions
         *([] if cluster["sacct"] else ["--slurm-status-command", "squeue"]),
         *TARGETS,
-    ]  # fmt: skip
+    ]
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
@@ -139,9 +162,15 @@ def test_every_job_went_through_sbatch(slurm_run):
     by_name = sorted(slurm_run["submitted"].values())
     # Training jobs each on their own; short CPU jobs bundled into the profile's two groups.
     assert by_name == sorted(
-        ["prepare_data", "train_dense", "train_imp_level", "train_imp_level", "summaries",
-         "telemetry"]
-    ), slurm_run["log"]  # fmt: skip
+        [
+            "prepare_data",
+            "train_dense",
+            "train_imp_level",
+            "train_imp_level",
+            "summaries",
+            "telemetry",
+        ]
+    ), slurm_run["log"]
     logs = slurm_run["dir"] / ".snakemake" / "slurm_logs"
     kept = {int(p.stem) for p in logs.rglob("*.log")}
     assert set(slurm_run["submitted"]) <= kept, (sorted(kept), slurm_run["submitted"])

@@ -144,8 +144,16 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
         )
     finally:
         plots.write_text(original)
-    figures = {"figure1", "figure3", "figure_a3", "figure_perturb", "figure9", "figure10",
-               "figure_instability", "figure_sharpness"}  # fmt: skip
+    figures = {
+        "figure1",
+        "figure3",
+        "figure_a3",
+        "figure_perturb",
+        "figure9",
+        "figure10",
+        "figure_instability",
+        "figure_sharpness",
+    }
     assert set(counts) - {"total", "all"} == figures, counts
 
 
@@ -235,8 +243,16 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp
     overlay = tmp_path / "grouped.yaml"
     overlay.write_text("runtime: {runs_per_job: 2}\n")
     work = tmp_path / "grouped"
-    args = ["--profile", "profiles/smoke", "--directory", str(work),
-            "--configfile", "config.yaml", "config/smoke.yaml", str(overlay)]  # fmt: skip
+    args = [
+        "--profile",
+        "profiles/smoke",
+        "--directory",
+        str(work),
+        "--configfile",
+        "config.yaml",
+        "config/smoke.yaml",
+        str(overlay),
+    ]
     counts = job_counts(smk(*args, "-n").stdout)
     assert counts["train_imp_level_seeds1_2"] == 12 and "train_imp_level" not in counts
     assert counts["train_perturbed_seeds1_2"] == 4 and counts["train_dense"] == 2
@@ -258,11 +274,30 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp
 def test_planning_benchmark_reports_jobs_time_and_memory(tmp_path):
     """The planning benchmark runs (it asserts nothing about speed) and counts the DAG."""
     out = tmp_path / "plan.json"
-    cmd = [sys.executable, "-m", "pipeline_scripts.tools.planning", "--configfile", "config.yaml",
-           "config/smoke.yaml", "--rounds", "1", "--json", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline_scripts.tools.planning",
+        "--configfile",
+        "config.yaml",
+        "config/smoke.yaml",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    ]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(out.read_text())
-    planned = job_counts(smk("-n", "--quiet", "rules", "--profile", "profiles/smoke",
-                             "--directory", str(tmp_path / "d")).stdout)  # fmt: skip
+    planned = job_counts(
+        smk(
+            "-n",
+            "--quiet",
+            "rules",
+            "--profile",
+            "profiles/smoke",
+            "--directory",
+            str(tmp_path / "d"),
+        ).stdout
+    )
     assert result["jobs"] == planned["total"] > 50
     assert result["dry_run"]["wall_s"] > 0 and result["dry_run"]["peak_rss_mb"] > 50
