@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipeline_scripts.earlyphase import data, rng
+from pipeline_scripts.earlyphase import data, data_sources, rng
 
 SMALL = {"n_train": 200, "n_test": 50}  # keeps synthetic files tiny
 
@@ -148,8 +148,8 @@ def test_imagefolder_archive_equals_directory(tmp_path, tree, arcname):
 def test_imagefolder_process_pool_gives_same_result(tmp_path, tree, monkeypatch):
     root, _ = tree
     data.prepare(tmp_path / "seq.h5", "imagefolder", path=str(root))
-    monkeypatch.setattr(data, "_PARALLEL_MIN_FILES", 0)
-    monkeypatch.setattr(data, "_FILES_PER_TASK", 5)
+    monkeypatch.setattr(data_sources, "_PARALLEL_MIN_FILES", 0)
+    monkeypatch.setattr(data_sources, "_FILES_PER_TASK", 5)
     data.prepare(tmp_path / "pool.h5", "imagefolder", path=str(root))
     for key, value in _read(tmp_path / "seq.h5").items():
         np.testing.assert_array_equal(value, _read(tmp_path / "pool.h5")[key])
