@@ -14,6 +14,7 @@ CLAIMS_CODE = [
         "claim",
         "claims",
         "claims_paper",
+        "claims_perturb",
         "claims_beyond",
         "claims_io",
     )

@@ -53,25 +53,27 @@ from .claim import (  # noqa: F401 - re-exported
 from .claims_io import read_h5, write_all, write_h5, write_html, write_tsv  # noqa: F401
 from .claims_paper import (  # noqa: F401 - re-exported
     ACCURACY_TOLERANCE,
-    EFFECTIVE_MEAN_RATIO,
-    EFFECTIVE_STD_TOLERANCE,
-    FIGURE8_MIN_POINTS,
     GAP_TOLERANCE,
     MATCH_TOLERANCE,
     NO_GAIN_TOLERANCE,
-    P_THRESHOLD,
-    R_TOLERANCE,
     TIMELINE,
-    effective_std_claims,
     figure1_claims,
-    figure8_claims,
-    find_variant,
     level_gap,
     per_seed_timelines,
     pretrain_claims,
     read_telemetry,
     table_a1,
     timeline_claims,
+)
+from .claims_perturb import (  # noqa: F401 - re-exported
+    EFFECTIVE_MEAN_RATIO,
+    EFFECTIVE_STD_TOLERANCE,
+    FIGURE8_MIN_POINTS,
+    P_THRESHOLD,
+    R_TOLERANCE,
+    effective_std_claims,
+    figure8_claims,
+    find_variant,
 )
 from .paper import (  # noqa: F401 - re-exported: the paper's numbers, as claims.TABLE_A1 etc.
     EFFECTIVE_STD,
