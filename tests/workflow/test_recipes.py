@@ -28,8 +28,8 @@ NETWORK = (
 NETWORK_ENTRY = (
     "pipeline_scripts/earlyphase/models.py",
     "}\nKNOWN: dict",
-    '''    "mlp{W}": _Family(rf"mlp{_NUM}", _mlp, "toy perceptron of width W", prune_output=True),
-''',
+    """    "mlp{W}": _Family(rf"mlp{_NUM}", _mlp, "toy perceptron of width W", prune_output=True),
+""",
 )
 PERTURBATION = (
     "pipeline_scripts/earlyphase/perturb.py",
