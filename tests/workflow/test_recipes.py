@@ -97,8 +97,9 @@ def replace(root, path, old, new):
 def extended(tmp_path_factory):
     """A copy of the tracked files with the three recipes applied."""
     root = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -108,29 +109,64 @@ def extended(tmp_path_factory):
     insert(root, NETWORK_ENTRY)
     # a perturbation: a function, its REGISTRY and FAMILIES entries, the schema's enum
     insert(root, PERTURBATION)
-    replace(root, "pipeline_scripts/earlyphase/perturb.py", '    "noise": noise,\n}',
-            '    "noise": noise,\n    "sign_flip": sign_flip,\n}')  # fmt: skip
-    replace(root, "pipeline_scripts/earlyphase/perturb.py", '    "noise": "noise",\n}',
-            '    "noise": "noise",\n    "sign_flip": "signs/magnitudes",\n}')  # fmt: skip
-    replace(root, "config.schema.yaml", "shuffle_magnitudes_keep_signs, noise]",
-            "shuffle_magnitudes_keep_signs, noise, sign_flip]")  # fmt: skip
+    replace(
+        root,
+        "pipeline_scripts/earlyphase/perturb.py",
+        '    "noise": noise,\n}',
+        '    "noise": noise,\n    "sign_flip": sign_flip,\n}',
+    )
+    replace(
+        root,
+        "pipeline_scripts/earlyphase/perturb.py",
+        '    "noise": "noise",\n}',
+        '    "noise": "noise",\n    "sign_flip": "signs/magnitudes",\n}',
+    )
+    replace(
+        root,
+        "config.schema.yaml",
+        "shuffle_magnitudes_keep_signs, noise]",
+        "shuffle_magnitudes_keep_signs, noise, sign_flip]",
+    )
     # a pre-training task: a batch function, one REGISTRY entry, the schema's enum
     insert(root, TASK)
-    replace(root, "pipeline_scripts/earlyphase/tasks.py", "REGISTRY: dict[str, Task] = {\n",
-            'REGISTRY: dict[str, Task] = {\n    "invert": Task("invert", None, None, invert, '
-            '"negatives"),\n')  # fmt: skip
-    replace(root, "config.schema.yaml", "items: {enum: [supervised, random_labels,",
-            "items: {enum: [invert, supervised, random_labels,")  # fmt: skip
-    replace(root, "config.schema.yaml", "task: {enum: [random_labels,",
-            "task: {enum: [invert, random_labels,")  # fmt: skip
+    replace(
+        root,
+        "pipeline_scripts/earlyphase/tasks.py",
+        "REGISTRY: dict[str, Task] = {\n",
+        'REGISTRY: dict[str, Task] = {\n    "invert": Task("invert", None, None, invert, '
+        '"negatives"),\n',
+    )
+    replace(
+        root,
+        "config.schema.yaml",
+        "items: {enum: [supervised, random_labels,",
+        "items: {enum: [invert, supervised, random_labels,",
+    )
+    replace(
+        root,
+        "config.schema.yaml",
+        "task: {enum: [random_labels,",
+        "task: {enum: [invert, random_labels,",
+    )
     (root / "recipe.yaml").write_text(CONFIG)
     return root
 
 
 def test_the_registries_and_the_schema_still_agree(extended):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/unit/test_schema.py"], cwd=extended, capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/unit/test_schema.py",
+        ],
+        cwd=extended,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -142,9 +178,19 @@ def test_recipes_plan_and_run(extended):
         "results/mlp32/seed1/perturb/rewind4/level1/flip_half/metrics.h5",
         "results/mlp32/seed1/pretrain/invert/e1/state.pt",
     ]
-    cmd = [*SNAKEMAKE, *targets, "--snakefile", str(extended / "Snakefile"), "--configfile",
-           str(extended / "config.yaml"), str(extended / "recipe.yaml"), "--directory", str(out),
-           "--cores", "2"]  # fmt: skip
+    cmd = [
+        *SNAKEMAKE,
+        *targets,
+        "--snakefile",
+        str(extended / "Snakefile"),
+        "--configfile",
+        str(extended / "config.yaml"),
+        str(extended / "recipe.yaml"),
+        "--directory",
+        str(out),
+        "--cores",
+        "2",
+    ]
     proc = subprocess.run(cmd, cwd=extended, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with h5py.File(out / targets[1]) as f:
