@@ -107,24 +107,26 @@ def curve(
 
     ``evaluate(model) -> (loss, accuracy)`` on the test set; ``recompute(model)`` re-estimates
     BatchNorm statistics (needed for ``batchnorm="recompute"``). Returns numpy arrays ``alpha``,
-    ``error`` and ``loss`` and the scalars ``barrier`` / ``loss_barrier`` (max on the path minus
+    ``accuracy``, ``error`` (1 - accuracy) and ``loss`` and the scalars ``barrier`` / ``loss_barrier`` (max on the path minus
     the mean of the endpoints; errors as fractions)."""
     if batchnorm not in BATCHNORM_MODES:
         raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, not {batchnorm!r}")
     if batchnorm == "recompute" and recompute is None:
         raise ValueError("batchnorm 'recompute' needs the recompute function")
     al = alphas(points)
-    errors, losses = [], []
+    accuracies, losses = [], []
     for alpha in al:
         model.load_state_dict(interpolate_state(state_a, state_b, float(alpha)))
         if batchnorm == "recompute":
             recompute(model)
         loss, acc = evaluate(model)
-        errors.append(1.0 - acc)
+        accuracies.append(acc)
         losses.append(loss)
-    err, los = np.asarray(errors), np.asarray(losses)
+    accuracy, los = np.asarray(accuracies), np.asarray(losses)
+    err = 1.0 - accuracy
     return {
         "alpha": al,
+        "accuracy": accuracy,  # as evaluated: exact at the endpoints (1 - error rounds)
         "error": err,
         "loss": los,
         "barrier": float(err.max() - 0.5 * (err[0] + err[-1])),
@@ -195,7 +197,7 @@ def measure(
         batchnorm,
         recompute=lambda m: recompute_batchnorm(m, sample, normalise, batch),
     )
-    ends = (1.0 - result["error"][0], 1.0 - result["error"][-1])
+    ends = (float(result["accuracy"][0]), float(result["accuracy"][-1]))
     diff = max(abs(a - b) for a, b in zip(ends, recorded, strict=True))
     if batchnorm == "interpolate":
         log(
@@ -230,6 +232,7 @@ def write(path, result: dict, attrs: dict) -> None:
             f.attrs[k] = v
         f["alpha"] = result["alpha"]
         f["test_error"] = result["error"]
+        f["test_accuracy"] = result["accuracy"]
         f["test_loss"] = result["loss"]
 
 
@@ -237,7 +240,7 @@ def read(path) -> dict:
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not an {FORMAT} file; re-run its interpolate job")
-        out = {k: f[k][()] for k in ("alpha", "test_error", "test_loss")}
+        out = {k: f[k][()] for k in ("alpha", "test_error", "test_loss") if k in f}
         out["attrs"] = {
             k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()
         }

@@ -26,6 +26,7 @@ def interpolation_files(root, barriers=BARRIERS):
                 err[2] += (b + 0.01 * s) / 100  # the barrier sits in the middle of the path
                 result = {
                     "alpha": np.linspace(0, 1, 5),
+                    "accuracy": 1 - err,
                     "error": err,
                     "loss": err,
                     "barrier": float(err.max() - 0.1),

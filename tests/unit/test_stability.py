@@ -134,7 +134,7 @@ def test_endpoints_reproduce_the_copies_own_accuracies_exactly(data_file, traine
     _, out = trained
     r = _measure(data_file, out[1], 1)
     acc = [h5py.File(c / "metrics.h5").attrs["final_test_accuracy"] for c in out[1]]
-    assert 1.0 - r["error"][0] == acc[0] and 1.0 - r["error"][-1] == acc[1]
+    assert r["accuracy"][0] == acc[0] and r["accuracy"][-1] == acc[1]
     assert r["attrs"]["endpoint_max_difference"] == 0.0
     assert r["barrier"] == pytest.approx(r["error"].max() - 0.5 * (r["error"][0] + r["error"][-1]))
     assert r["barrier"] >= 0.0
