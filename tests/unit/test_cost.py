@@ -146,3 +146,12 @@ def test_beyond_the_paper_jobs_are_costed(tmp_path):
     assert est["families"]["interpolate"]["eval_images"] == 8 * 7 * 100
     assert est["families"]["hessian"]["images"] == 2 * round(2 * 3 * 256 * cost.HVP_STEPS)
     assert est["other_jobs"]["summaries_and_figures_beyond"] == 4
+
+
+def test_readme_states_the_planned_job_counts():
+    """The README's DAG size is the one Snakemake plans (PAPER_RULES above were measured with
+    `snakemake -n`; test_workflow.py re-checks them against a live dry run)."""
+    readme = (ROOT / "README.md").read_text()
+    total = cost.estimate(cost.load_config([ROOT / "config.yaml"]))["total_jobs"]
+    assert f"**{total:,} jobs**" in readme
+    assert f"the full {total:,} jobs" in readme and f"full {total:,}-job DAG" in readme
