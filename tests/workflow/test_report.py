@@ -27,6 +27,8 @@ CAPTIONS = {
     f"results/figures/figure9/{NET}.png": ["<strong>Figure 9</strong>", "Figures A9-A12"],
     f"results/figures/figure10/{NET}.png": ["<strong>Figure 10</strong>"],
     "results/claims/claims.html": ["Claims table", "not comparable at this scale"],
+    f"results/figures/instability/{NET}.png": ["Beyond the paper", "<strong>error barrier</strong>"],
+    f"results/figures/sharpness/{NET}.png": ["Beyond the paper", "Hessian", "Gur-Ari"],
 }  # fmt: skip
 
 

@@ -23,12 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT, PARTITION = "earlyphase", "debug"  # what tests/slurm/cluster.sh sets up
 TRAINING = {"train_dense", "train_imp_level"}  # the training rules this slice runs
 OVERLAY = """\
-# config/smoke.yaml cut to a few jobs: one seed, IMP level 1 from k = 0 and 4, no perturbations
-# and no pre-training
+# config/smoke.yaml cut to a few jobs: one seed, IMP level 1 from k = 0 and 4, no perturbations,
+# no pre-training, no instability or Hessian measurements
 seeds: [1]
 imp: {rewind_iterations: [0, 4], levels: 1}
 perturb: {run: []}
 pretrain: {tasks: [], sparse: {kinds: []}}
+stability: {rewind_iterations: []}
+hessian: {iterations: []}
 """
 TARGETS = [
     "results/resnet8_w4/summary/imp.h5",
