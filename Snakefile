@@ -54,6 +54,8 @@ include: "rules/perturb.smk"
 include: "rules/pretrain.smk"
 include: "rules/stability.smk"
 include: "rules/sharpness.smk"
+include: "rules/summaries.smk"
+include: "rules/figures.smk"
 include: "rules/report.smk"
 
 

@@ -315,20 +315,31 @@ def imp_inputs(wildcards):
     }
 
 
-def sparse_inputs(wildcards):
+def sparse_inputs(wildcards, pretrained):
     """Section 6.4's sub-networks at level L of the chain rewound to k: the IMP mask with the
     iteration-k weights (imp), with a fresh random init (reinit), or a random mask of the same
-    per-layer sparsity with the iteration-k weights (random); optionally pre-trained first.
+    per-layer sparsity with the iteration-k weights (random); ``pretrained``: start from that
+    sub-network's pretext-trained state instead.
     """
     base = f"results/{wildcards.net}/seed{wildcards.seed}"
     k, level = wildcards.k, wildcards.level
     mask = f"{base}/imp/rewind{k}/level{level}/mask.pt"
     out = {"mask_like" if wildcards.kind == "random" else "mask": mask}
-    if getattr(wildcards, "start", "scratch") == "pretrained":
+    if pretrained:
         out["start"] = f"{base}/sparse/rewind{k}/level{level}/{wildcards.kind}/pretext/state.pt"
     elif wildcards.kind != "reinit":
         out["start"] = f"{base}/dense/checkpoints/iter{k}.pt"
     return out
+
+
+def sparse_pretext_inputs(wildcards):
+    """The sub-network the pretext task trains (sparse_pretext): never pre-trained itself."""
+    return sparse_inputs(wildcards, pretrained=False)
+
+
+def sparse_train_inputs(wildcards):
+    """The sub-network trained on CIFAR-10 (sparse_train), from scratch or pre-trained."""
+    return sparse_inputs(wildcards, pretrained=wildcards.start == "pretrained")
 
 
 # ---- runs of each figure: (series, level, seed, metrics path) ----------------------------------

@@ -40,30 +40,3 @@ for _seeds in SEED_GROUPS:
             seeds=_seeds,
         script:
             "../pipeline_scripts/train_job.py"
-
-
-rule figure_perturb:
-    input:
-        summaries=expand("results/{{net}}/summary/perturb_rewind{k}.h5", k=PERTURB_REWINDS),
-        code=PLOTS_CODE,
-    output:
-        pdf="results/figures/figure{fig}/{net}.pdf",
-        png=report(
-            "results/figures/figure{fig}/{net}.png",
-            caption="../report/figure_perturb.rst",
-            category="Figures 4-8 / A4-A8: perturbations",
-            subcategory="{net}",
-            labels={"figure": "Figure {fig}", "network": "{net}"},
-        ),
-    log:
-        "logs/figures/figure{fig}/{net}.log",
-    wildcard_constraints:
-        fig="[4-8]",
-    conda:
-        "../envs/pipeline.yaml"
-    params:
-        rewinds=PERTURB_REWINDS,
-        variants=VARIANTS,
-        figure8_level=PERTURB["figure8_level"],
-    script:
-        "../pipeline_scripts/figure_perturb.py"

@@ -77,7 +77,7 @@ for _seeds in SEED_GROUPS:
         name:
             group_name("sparse_pretext", _seeds)
         input:
-            unpack(per_seed_inputs(sparse_inputs, _seeds)),
+            unpack(per_seed_inputs(sparse_pretext_inputs, _seeds)),
             data=DATA_FILE,
         output:
             final=per_seed(
@@ -118,7 +118,7 @@ for _seeds in SEED_GROUPS:
         name:
             group_name("sparse_train", _seeds)
         input:
-            unpack(per_seed_inputs(sparse_inputs, _seeds)),
+            unpack(per_seed_inputs(sparse_train_inputs, _seeds)),
             data=DATA_FILE,
         output:
             final=per_seed(
@@ -151,53 +151,3 @@ for _seeds in SEED_GROUPS:
             seeds=_seeds,
         script:
             "../pipeline_scripts/train_job.py"
-
-
-rule figure9:
-    input:
-        summaries=expand("results/{{net}}/summary/pretrain_{task}.h5", task=PRE_TASKS),
-        code=PLOTS_CODE,
-    output:
-        pdf="results/figures/figure9/{net}.pdf",
-        png=report(
-            "results/figures/figure9/{net}.png",
-            caption="../report/figure9.rst",
-            category="Figure 9 / A9-A12: pre-training",
-            subcategory="{net}",
-            labels={"figure": "Figure 9", "network": "{net}"},
-        ),
-    log:
-        "logs/figures/figure9/{net}.log",
-    conda:
-        "../envs/pipeline.yaml"
-    params:
-        tasks=PRE_TASKS,
-        epochs=PRE_EPOCHS,
-        references=PRETRAIN["reference_rewinds"],
-    script:
-        "../pipeline_scripts/figure9.py"
-
-
-rule figure10:
-    input:
-        summary="results/{net}/summary/sparse_pretrain.h5",
-        code=PLOTS_CODE,
-    output:
-        pdf="results/figures/figure10/{net}.pdf",
-        png=report(
-            "results/figures/figure10/{net}.png",
-            caption="../report/figure10.rst",
-            category="Figure 10: sparse pre-training",
-            subcategory="{net}",
-            labels={"figure": "Figure 10", "network": "{net}"},
-        ),
-    log:
-        "logs/figures/figure10/{net}.log",
-    conda:
-        "../envs/pipeline.yaml"
-    params:
-        rewind=SPARSE["rewind_iteration"],
-        task=SPARSE["task"],
-        epochs=SPARSE["epochs"],
-    script:
-        "../pipeline_scripts/figure10.py"
