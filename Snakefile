@@ -45,7 +45,10 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/params.smk"
+include: "rules/seed_groups.smk"
 include: "rules/common_beyond.smk"
+include: "rules/targets.smk"
 include: "rules/data.smk"
 include: "rules/dense.smk"
 include: "rules/imp.smk"
