@@ -235,7 +235,9 @@ def hessian_claims(scale: Scale | None, path: str | None) -> list[Claim]:
     if len(its) >= 2:
         change = per_seed[:, -1] / per_seed[:, -2] - 1.0
         m, sd, n = mean_std(change)
-        rows[1].measured = (
+        rows[
+            1
+        ].measured = (
             f"{m:+.2f} ± {sd:.2f} (n = {n}) between iterations {int(its[-2])} and {int(its[-1])}"
         )
         rows[1].measured_std, rows[1].n = sd, n

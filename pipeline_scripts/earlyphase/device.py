@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -14,6 +15,33 @@ def select(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"runtime.device is {name!r} but no CUDA device is visible to this job")
     return torch.device(name)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` means on ``device``: TF32 exists only on CUDA (on a CPU it is fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"runtime.precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "tf32" and device.type != "cuda":
+        return "fp32"
+    return precision
+
+
+def set_precision(precision: str) -> None:
+    """Float32 matmuls and convolutions in strict fp32 (``fp32``) or TF32 (``tf32``, and ``bf16``
+    for the ops autocast leaves in float32). PyTorch's own default is TF32 convolutions only."""
+    tf32 = precision in ("tf32", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward passes' autocast: bf16 under ``bf16`` (CUDA or CPU), none otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def configure(threads: int, deterministic: bool = True) -> None:

@@ -266,6 +266,7 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
         seed=job.seed,
         start_iteration=start,
         data_stream=job.data_stream,
+        precision=str(job.runtime.get("precision", "tf32")),
         eval_iterations=eval_schedule(total, ipe, job.eval_every, extra_evals),
         eval_subset=int(tel.get("eval_subset") or 0),
         eval_subset_until=int(tel.get("eval_subset_until", -1)),
@@ -375,6 +376,7 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         "init": job.init or f"random(seed={job.seed})",
         "total_iterations": p.total,
         "start_iteration": p.opts.start_iteration,
+        "precision": device.effective_precision(p.opts.precision, dev),
         "iterations_per_epoch": p.ipe,
         "n_train": int(p.ds.train_x.shape[0]),
         "n_test": int(p.ds.test_x.shape[0]),
@@ -485,6 +487,11 @@ def run_group(
     starts = {p.opts.start_iteration for p in prepared}
     if len(starts) != 1:
         raise ValueError(f"jobs of one group must share their start iteration, not {starts}")
+    if any(device.effective_precision(p.opts.precision, p.dev) == "bf16" for p in prepared):
+        raise ValueError(
+            "runtime.precision bf16 is not supported with runtime.runs_per_job > 1 "
+            "(the grouped loop runs float32); use fp32/tf32 or one run per job"
+        )
     if any(p.opts.data_stream for p in prepared):
         raise ValueError(
             "grouped jobs train the seeds' own data streams; run a job with a "

@@ -178,13 +178,14 @@ def measure(
         )
         states.append(ck["state_dict"])
         recorded.append(float(attrs["final_test_accuracy"]))
+        precision = str(attrs.get("precision", "fp32"))  # evaluate as the copies were
         remaining = float(attrs.get("weights_remaining_fraction", 1.0))
     model = models.build(run["network"]).to(dev, memory_format=torch.channels_last)
     normalise = augment.Normalise(hparams["mean"], hparams["std"], dev)
     eval_batch = int(runtime.get("eval_batch_size", 250))
 
     def evaluate(m):
-        return train.evaluate(m, ds.test_x, ds.test_y, normalise, eval_batch)
+        return train.evaluate(m, ds.test_x, ds.test_y, normalise, eval_batch, precision)
 
     sample = bn_sample(ds.train_x, bn_samples, run["seed"])
     batch = int(hparams["batch_size"])
@@ -216,6 +217,7 @@ def measure(
         "endpoint_accuracy": np.asarray(ends),
         "endpoint_max_difference": diff,
         "device": str(dev),
+        "precision": precision,
         "n_test": int(ds.test_x.shape[0]),
     }
     return result

@@ -1,7 +1,7 @@
 """The training loop every job uses: dense runs, IMP levels, perturbation and pre-training branches.
 
 Fast by construction (issue 7): the data set is a uint8 tensor on the device, augmentation is batched
-(``augment``), the model runs channels_last (bf16 autocast on CUDA), masks are applied with two
+(``augment``), the model runs channels_last (``RunOptions.precision``: fp32, tf32 or bf16 autocast), masks are applied with two
 ``_foreach_mul_`` calls, and the host synchronises only every ``log_every`` steps (to record the
 training loss and stop on a non-finite one) and at evaluations.
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment, checkpoint, rng
+from . import device as devices
 from .data import Dataset
 from .hparams import TrainingHparams
 
@@ -48,6 +49,9 @@ class RunOptions:
     # Which sample of SGD noise (data order + augmentation, augment.draw_epoch): "" = the seed's
     # own; another name = an independent sample for the same seed (instability analysis copies).
     data_stream: str = ""
+    # Arithmetic (config runtime.precision, device.PRECISIONS): fp32, tf32 (CUDA only; fp32 on CPUs)
+    # or bf16 autocast. Part of the resume fingerprint and recorded in the metrics.
+    precision: str = "fp32"
     eval_iterations: Sequence[int] = ()  # evaluate on the test set after these many steps
     snapshot_iterations: Sequence[
         int
@@ -108,7 +112,7 @@ def _sigterm_flag():
 
 @torch.inference_mode()
 def evaluate(
-    model, x: torch.Tensor, y: torch.Tensor, normalise, batch_size: int
+    model, x: torch.Tensor, y: torch.Tensor, normalise, batch_size: int, precision: str = "fp32"
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over (x, y); one host sync at the end."""
     was_training = model.training
@@ -116,7 +120,7 @@ def evaluate(
     loss = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, x.shape[0], batch_size):
-        with _autocast(x.device):
+        with devices.autocast(x.device, precision):
             out = model(normalise(x[i : i + batch_size]))
         yb = y[i : i + batch_size]
         loss += F.cross_entropy(out.float(), yb, reduction="sum")
@@ -124,12 +128,6 @@ def evaluate(
     model.train(was_training)
     n = x.shape[0]
     return loss.item() / n, correct.item() / n
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def sgd(params, hp: TrainingHparams) -> torch.optim.SGD:
@@ -252,6 +250,8 @@ def train(
         if mparams:
             torch._foreach_mul_(mparams, mmasks)
 
+    precision = devices.effective_precision(opts.precision, device)
+    devices.set_precision(precision)
     # Everything that shapes the trajectory: a resume state from other settings must not be used.
     fingerprint = repr(
         (
@@ -267,6 +267,7 @@ def train(
             identity,
             *((opts.data_stream,) if opts.data_stream else ()),
             *((recorder.settings(),) if hasattr(recorder, "settings") else ()),
+            *((precision,) if precision != "fp32" else ()),
         )
     )
     metrics = Metrics()
@@ -324,7 +325,7 @@ def train(
     def run_eval():
         t = time.perf_counter()
         x, y = (sub_x, sub_y) if it <= opts.eval_subset_until else (test_x, test_y)
-        loss, acc = evaluate(model, x, y, normalise, opts.eval_batch_size)
+        loss, acc = evaluate(model, x, y, normalise, opts.eval_batch_size, precision)
         metrics.eval_n.append(int(x.shape[0]))
         metrics.eval_seconds += time.perf_counter() - t
         metrics.eval_iteration.append(it)
@@ -338,7 +339,7 @@ def train(
     if recorder is not None:
 
         def sample_loss(x, y):
-            with _autocast(device):
+            with devices.autocast(device, precision):
                 return F.cross_entropy(forward(normalise(x)), y)
 
         recorder.attach(sample_loss)
@@ -378,7 +379,7 @@ def train(
                     group["lr"] = lr
                 current_lr = lr
 
-            with _autocast(device):
+            with devices.autocast(device, precision):
                 loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_scripts.earlyphase import data, multirun, perturb, stability, tasks
+from pipeline_scripts.earlyphase import data, device, multirun, perturb, stability, tasks
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.schema.yaml").read_text())
 
@@ -29,9 +29,10 @@ def prop(*keys):
          [n for n, t in tasks.REGISTRY.items() if t.name != "supervised"]),
         (prop("runtime", "multirun_method")["enum"], multirun.METHODS),
         (prop("stability", "batchnorm")["enum"], stability.BATCHNORM_MODES),
+        (prop("runtime", "precision")["enum"], device.PRECISIONS),
     ],
     ids=["data.source", "perturb kind", "pretrain.tasks", "sparse.task", "multirun_method",
-         "stability.batchnorm"],
+         "stability.batchnorm", "runtime.precision"],
 )  # fmt: skip
 def test_schema_enum_equals_registry(enum, registry):
     assert sorted(enum) == sorted(registry)
