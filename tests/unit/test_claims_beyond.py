@@ -147,3 +147,15 @@ def test_switched_off_measurements_are_not_run(tmp_path):
     )
     beyond = [c for c in out if c.id.startswith("beyond_")]
     assert len(beyond) == 7 and all(c.verdict == claims.NOT_RUN for c in beyond)
+
+
+def test_unconverged_lanczos_is_not_judged(tmp_path):
+    runs = Runs(tmp_path)
+    out, _ = claims.build_claims(
+        networks=["resnet20"],
+        settings=settings(),
+        dense={"resnet20": dense_files(runs)},
+        hessian=hessian_files(tmp_path, top=[0.05, 22.0, 30.0, 31.0, 30.5]),
+    )
+    r = {c.id: c for c in out}["beyond_hessian_grows"]
+    assert r.verdict == claims.NOT_COMPARABLE and "Lanczos not converged" in r.note
