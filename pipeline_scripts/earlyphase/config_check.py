@@ -146,7 +146,6 @@ def check(config: dict, cache_dir: str | Path | None = None, isolate: bool = Fal
     _perturb(config)
     _pretrain(config)
     _beyond(config)
-    _runtime(config)
 
 
 def _registries_in_child(config: dict) -> None:
@@ -311,16 +310,6 @@ def _beyond(config: dict) -> None:
         config["hessian"]["iterations"] or [],
         "the Hessian is measured at states the dense runs keep",
     )
-
-
-def _runtime(config: dict) -> None:
-    rt = config["runtime"]
-    if rt["precision"] == "bf16" and rt["runs_per_job"] > 1:
-        raise ConfigError(
-            "runtime.precision",
-            "bf16 is not supported with runtime.runs_per_job > 1 (the grouped training loop runs "
-            "float32); use fp32 or tf32, or runs_per_job: 1",
-        )
 
 
 def _kept_by_dense(config: dict, key: str, iterations, why: str) -> None:

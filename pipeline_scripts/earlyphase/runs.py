@@ -40,7 +40,7 @@ from . import (
 )
 from .hparams import TrainingHparams
 from .metrics import write_run
-from .train import RunOptions, train
+from .train import Run, RunOptions, train_runs
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,7 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
         eval_batch_size=int(job.runtime.get("eval_batch_size", 250)),
         checkpoint_seconds=float(job.runtime.get("checkpoint_seconds", 600)),
         compile=bool(job.runtime.get("compile", False)),
+        cuda_graphs=bool(job.runtime.get("cuda_graphs", False)),
         batch_fn=batch_fn,
     )
     return Prepared(
@@ -429,91 +430,57 @@ def _clean_workdir(workdir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _run(j: Job, p: Prepared) -> Run:
+    return Run(p.model, p.ds, p.opts, j.workdir, p.train_mask, run_identity(p), p.recorder)
+
+
 def run(job: Job, log: Callable[[str], None] = print) -> dict:
     """Train one job and write its declared outputs; returns the metrics file's root attributes."""
-    device.configure(job.threads, job.runtime.get("deterministic", True))
-    dev = device.select(job.runtime.get("device", "auto"))
-    p = prepare(job, data.load(job.data_path, dev), dev)
-    log(describe(p))
-    started = time.time()
-    result = train(
-        p.model,
-        p.ds,
-        p.hp,
-        p.opts,
-        workdir=job.workdir,
-        mask=p.train_mask,
-        network=job.network,
-        log=log,
-        recorder=p.recorder,
-        identity=run_identity(p),
-    )
-    return finish(p, result.metrics, result.snapshots, started, log)
+    return run_group([job], log=log)[0]
 
 
 def run_group(
     jobs: list[Job], method: str = "grouped", log: Callable[[str], None] = print
 ) -> list[dict]:
-    """Train several jobs of one network together in one process (``runtime.runs_per_job``;
-    multirun.py) and write each job's outputs exactly as ``run`` would. The jobs may differ in
-    seed, start state, mask, perturbation and task labels; they must share the network, the
-    hyperparameters and the data. Grouped jobs keep no resume state (a killed group restarts)
-    and record no telemetry or snapshots (dense runs are never grouped)."""
-    from . import multirun
-
+    """Train jobs of one network together in one process (``runtime.runs_per_job``;
+    ``train.train_runs``) and write each job's outputs exactly as a job of its own would. The jobs
+    may differ in seed, start state, mask, perturbation, task labels and data stream; they must
+    share the network, the hyperparameters, the data and the start iteration. The batch resumes
+    like a single run (its state lives in the first job's workdir); telemetry needs a job of its
+    own. Returns each job's metrics-file root attributes."""
     if not jobs:
         raise ValueError("run_group needs at least one job")
     first = jobs[0]
     for j in jobs:
-        for name in ("network", "hparams", "data_path", "eval_every", "task"):
+        for name in ("network", "hparams", "data_path", "eval_every", "task", "runtime"):
             if getattr(j, name) != getattr(first, name):
                 raise ValueError(
                     f"jobs of one group must share {name}: {getattr(first, name)!r} (seed "
                     f"{first.seed}) vs {getattr(j, name)!r} (seed {j.seed})"
                 )
-        if j.snapshots or j.out_telemetry:
-            raise ValueError(
-                f"seed {j.seed}: snapshots and telemetry need a job of its own (runs_per_job 1)"
-            )
-    if len(jobs) == 1:
-        return [run(first, log)]
+        if len(jobs) > 1 and j.out_telemetry:
+            raise ValueError(f"seed {j.seed}: telemetry needs a job of its own (runs_per_job 1)")
     device.configure(first.threads, first.runtime.get("deterministic", True))
     dev = device.select(first.runtime.get("device", "auto"))
     ds = data.load(first.data_path, dev)
     prepared = [prepare(j, ds, dev) for j in jobs]
     for p in prepared:
         log(describe(p))
-    opts = prepared[0].opts
     starts = {p.opts.start_iteration for p in prepared}
     if len(starts) != 1:
         raise ValueError(f"jobs of one group must share their start iteration, not {starts}")
-    if any(device.effective_precision(p.opts.precision, p.dev) == "bf16" for p in prepared):
-        raise ValueError(
-            "runtime.precision bf16 is not supported with runtime.runs_per_job > 1 "
-            "(the grouped loop runs float32); use fp32/tf32 or one run per job"
-        )
-    if any(p.opts.data_stream for p in prepared):
-        raise ValueError(
-            "grouped jobs train the seeds' own data streams; run a job with a "
-            "data_stream (a stability copy) on its own"
-        )
-    log(f"training {len(jobs)} runs together ({method})")
+    if len(jobs) > 1:
+        log(f"training {len(jobs)} runs together ({method})")
     started = time.time()
-    result = multirun.train_group(
-        [p.model for p in prepared],
-        [p.ds for p in prepared],
+    results = train_runs(
+        [_run(j, p) for j, p in zip(jobs, prepared, strict=True)],
         prepared[0].hp,
-        [j.seed for j in jobs],
-        masks=[p.train_mask for p in prepared],
+        network=first.network,
         method=method,
-        eval_iterations=opts.eval_iterations,
-        log_every=opts.log_every,
-        eval_batch_size=opts.eval_batch_size,
-        batch_fns=[p.opts.batch_fn for p in prepared],
-        start_iteration=opts.start_iteration,
         log=log,
     )
-    extra = {"runs_per_job": len(jobs), "multirun_method": method}
+    extra = {"runs_per_job": len(jobs), "multirun_method": method} if len(jobs) > 1 else None
     return [
-        finish(p, m, {}, started, log, extra) for p, m in zip(prepared, result.metrics, strict=True)
+        finish(p, r.metrics, r.snapshots, started, log, extra)
+        for p, r in zip(prepared, results, strict=True)
     ]

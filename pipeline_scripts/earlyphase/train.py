@@ -1,19 +1,27 @@
-"""The training loop every job uses: dense runs, IMP levels, perturbation and pre-training branches.
+"""The one training loop: N >= 1 runs of one network shape, every job's dense runs, IMP levels,
+perturbation branches, pre-training and stability copies (issue 12, item 1).
 
-Fast by construction (issue 7): the data set is a uint8 tensor on the device, augmentation is batched
-(``augment``), the model runs channels_last (``RunOptions.precision``: fp32, tf32 or bf16 autocast), masks are applied with two
-``_foreach_mul_`` calls, and the host synchronises only every ``log_every`` steps (to record the
-training loss and stop on a non-finite one) and at evaluations.
+``train_runs`` trains a batch of runs (``multirun.make``: the plain model for N = 1, one wide
+grouped network or vmap for N > 1); ``train`` is its one-run form. Per step and per run: the run's
+own data order and augmentation (``augment.draw_epoch`` keyed by its seed and data stream), its
+batch transform (pre-training tasks), normalisation, forward, cross-entropy, SGD with momentum and
+weight decay under its own mask. The per-run mean losses are summed, so each model gets exactly
+the gradient of its own loss.
 
-Resumable: every ``checkpoint_seconds`` and on SIGTERM (SLURM pre-emption) the full state goes to
-``workdir/resume.pt``; a re-run of the job continues from there with bit-identical results, because
-all randomness is keyed by (seed, purpose, epoch) rather than carried in generator state.
+Fast by construction (issue 7): the data set is a uint8 tensor on the device, augmentation is
+batched (``augment``), the models run channels_last (``RunOptions.precision``: fp32, tf32 or bf16
+autocast), masks are applied with two ``_foreach_mul_`` calls, the host synchronises only every
+``log_every`` steps (to record the training loss and stop on a non-finite one) and at evaluations;
+``compile`` / ``cuda_graphs`` compile the forward and backward passes (CUDA graphs on a GPU).
+
+Resumable for any N: every ``checkpoint_seconds`` and on SIGTERM (SLURM pre-emption) the full state
+of every run goes to the first run's ``workdir/resume.pt``; a re-run continues from there with
+bit-identical results, because all randomness is keyed by (seed, purpose, epoch) rather than
+carried in generator state.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,12 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import augment, checkpoint, rng
+from . import augment, checkpoint, multirun, rng
 from . import device as devices
 from .data import Dataset
 from .hparams import TrainingHparams
-
-RESUME_FORMAT = "earlyphase-resume/1"
+from .resume import RESUME_FORMAT, fingerprint_of, resume_state, sigterm_flag
 
 
 class NonFiniteLoss(RuntimeError):
@@ -60,6 +67,9 @@ class RunOptions:
     eval_batch_size: int = 250  # measured fastest on a 2-core CPU (issue 7); bigger on GPUs is fine
     checkpoint_seconds: float = 600.0  # wall seconds between resume-state saves
     compile: bool = False  # torch.compile the model (pays only for long runs on GPUs; issue 7)
+    # CUDA graphs (torch.compile mode "reduce-overhead"): forward and backward replayed as graphs,
+    # for launch-bound small networks on GPUs (issue 12, item 2); no effect on a CPU.
+    cuda_graphs: bool = False
     batch_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y), after crop/flip
     eval_subset: int = 0  # >0: evaluations up to eval_subset_until use a fixed random test subset
     eval_subset_until: int = -1  # last iteration evaluated on the subset (telemetry's dense points)
@@ -90,26 +100,6 @@ class TrainResult:
     iterations_per_epoch: int
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
-    """Turn SIGTERM into a flag the loop polls, so the state is saved at a step boundary."""
-    flag = {"set": False}
-    previous = None
-
-    def handler(signum, frame):
-        flag["set"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. some test runners): no handler, no flag
-        previous = None
-    try:
-        yield flag
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 @torch.inference_mode()
 def evaluate(
     model, x: torch.Tensor, y: torch.Tensor, normalise, batch_size: int, precision: str = "fp32"
@@ -138,19 +128,6 @@ def sgd(params, hp: TrainingHparams) -> torch.optim.SGD:
     )
 
 
-def masked_parameters(model, mask: dict | None):
-    """(params, masks) lists for the masked tensors, masks as float on the param's device."""
-    if not mask:
-        return [], []
-    named = dict(model.named_parameters())
-    unknown = sorted(set(mask) - set(named))
-    if unknown:
-        raise ValueError(f"mask names parameters the model does not have: {unknown[:5]}")
-    params = [named[k] for k in mask]
-    masks = [mask[k].to(device=named[k].device, dtype=named[k].dtype) for k in mask]
-    return params, masks
-
-
 def masked_step(optimizer, mparams: list, mmasks: list) -> None:
     """One optimizer step that keeps pruned weights exactly zero: gradients are masked before the
     step (so momentum and weight decay see zeros) and weights are re-masked after it."""
@@ -162,73 +139,127 @@ def masked_step(optimizer, mparams: list, mmasks: list) -> None:
             torch._foreach_mul_(mparams, mmasks)
 
 
-def set_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<stem>.stale-<UTC time><suffix>`` beside it (never deleted: evidence)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target, n = path.with_name(f"{path.stem}.stale-{stamp}{path.suffix}"), 1
-    while target.exists():
-        target, n = path.with_name(f"{path.stem}.stale-{stamp}-{n}{path.suffix}"), n + 1
-    path.rename(target)
-    return target
+# Options every run of a batch must share (the loop runs them in lockstep); the rest (seed, data
+# stream, batch transform) is per run.
+SHARED_OPTIONS = (
+    "start_iteration",
+    "precision",
+    "eval_iterations",
+    "snapshot_iterations",
+    "log_every",
+    "eval_batch_size",
+    "checkpoint_seconds",
+    "compile",
+    "cuda_graphs",
+    "eval_subset",
+    "eval_subset_until",
+)
 
 
-def _resume_state(path: Path, device, fingerprint: str, recorder, log) -> dict | None:
-    """The resume state at ``path`` if this very run saved it; else None, after moving a stale or
-    damaged file (and the telemetry snapshots saved with it) aside and logging why."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-            why = f"it is not an {RESUME_FORMAT} file"
-        elif state.get("fingerprint") != fingerprint:
-            why = (
-                "it was saved by a different run (hyperparameters, schedule, seed, start weights, "
-                "mask, perturbation, task, data, data stream or telemetry settings changed since)"
-            )
-        else:
-            return state
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        why = f"it cannot be read ({type(e).__name__}: {e})"
-    moved = [set_aside(path)]
-    if recorder is not None and Path(recorder.path).exists():
-        moved.append(set_aside(Path(recorder.path)))
-    log(
-        f"NOT resuming from {path}: {why}. Moved it aside ({', '.join(m.name for m in moved)}, "
-        "kept as evidence) and starting this run afresh."
-    )
-    return None
+@dataclass
+class Run:
+    """One run of a batch: its model (trained in place), data, options, snapshot directory, mask
+    and what ``runs.run_identity`` says makes it this run (folded into the resume fingerprint)."""
+
+    model: torch.nn.Module
+    data: Dataset
+    opts: RunOptions
+    workdir: str | Path  # snapshots; the first run's also holds the batch's resume state
+    mask: dict | None = None
+    identity: str = ""
+    recorder: object = None  # telemetry.Recorder (one-run batches only)
 
 
-def train(
-    model: torch.nn.Module,
-    data: Dataset,
+def _shared(runs: Sequence[Run]) -> RunOptions:
+    first = runs[0].opts
+    for i, r in enumerate(runs[1:], 1):
+        for name in SHARED_OPTIONS:
+            a, b = getattr(first, name), getattr(r.opts, name)
+            if (sorted(a) if isinstance(a, (list, tuple)) else a) != (
+                sorted(b) if isinstance(b, (list, tuple)) else b
+            ):
+                raise ValueError(
+                    f"the runs of one batch must share RunOptions.{name}: run 0 (seed "
+                    f"{first.seed}) has {a!r}, run {i} (seed {r.opts.seed}) {b!r}"
+                )
+    if len({tuple(r.data.train_x.shape) for r in runs}) != 1:
+        raise ValueError("the runs of one batch must train on images of the same shape")
+    if len({tuple(r.data.test_x.shape) for r in runs}) != 1:
+        raise ValueError("the runs of one batch must evaluate on test sets of the same shape")
+    if len(runs) > 1 and any(r.recorder is not None for r in runs):
+        raise ValueError("telemetry needs a run of its own (a batch of one run)")
+    return first
+
+
+def _evaluate_batch(group, tests, normalise, batch_size: int, precision: str) -> list[tuple]:
+    """Per-run (mean cross-entropy, accuracy) on each run's own (x, y); one host sync."""
+    if group.n == 1:  # exactly the one-run evaluation
+        ((x, y),) = tests
+        return [evaluate(group.model, x, y, normalise, batch_size, precision)]
+    return _evaluate_many(group, tests, normalise, batch_size, precision)
+
+
+@torch.inference_mode()
+def _evaluate_many(group, tests, normalise, batch_size: int, precision: str) -> list[tuple]:
+    group.train(False)
+    n, dev = tests[0][0].shape[0], tests[0][0].device
+    loss = torch.zeros(group.n, device=dev, dtype=torch.float64)
+    correct = torch.zeros(group.n, device=dev, dtype=torch.int64)
+    for i in range(0, n, batch_size):
+        with devices.autocast(dev, precision):
+            out = group.logits([x[i : i + batch_size] for x, _ in tests], normalise)
+        out = out.float()
+        y = torch.stack([t[1][i : i + batch_size] for t in tests])  # (N, b)
+        ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+        loss += ce.view(group.n, -1).sum(1)
+        correct += (out.argmax(-1) == y).sum(1)
+    group.train(True)
+    return [(lo / n, c / n) for lo, c in zip(loss.tolist(), correct.tolist(), strict=True)]
+
+
+def _losses(out: torch.Tensor, ys: list) -> torch.Tensor:
+    """Each run's mean cross-entropy, (N,); for one run exactly ``F.cross_entropy(out, y)``."""
+    if len(ys) == 1:
+        return F.cross_entropy(out[0], ys[0]).unsqueeze(0)
+    y = torch.stack(ys)
+    per = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+    return per.view(len(ys), -1).mean(1)
+
+
+def train_runs(
+    runs: Sequence[Run],
     hp: TrainingHparams,
-    opts: RunOptions,
     *,
-    workdir: str | Path,
-    mask: dict | None = None,
     network: str = "",
+    method: str = "grouped",
     log: Callable[[str], None] = print,
-    recorder=None,
-    identity: str = "",
-) -> TrainResult:
-    """Train ``model`` in place on ``data`` with SGD under ``mask``; see module docstring.
+    max_iterations: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> list[TrainResult]:
+    """Train ``runs`` (one network shape, one start iteration) together, in place; see the module
+    docstring. Returns one ``TrainResult`` per run, in order.
 
-    ``identity`` names what the loop cannot see for itself (the start weights' and mask's
-    contents, perturbation, task, data; ``runs.run_identity``): a resume state saved under another
-    identity or settings, or a damaged one, is moved aside (``resume.stale-<time>.pt``) and the
-    run starts afresh, saying so in the log."""
-    device = data.train_x.device
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    resume_path = workdir / "resume.pt"
+    ``method``: how N > 1 runs are batched (``multirun.METHODS``). ``max_iterations`` stops early
+    (tests, benchmarks); ``on_step(it)`` runs before the first step and after every step (``it`` =
+    the absolute iteration; the benchmark's clock). A resume state saved by another batch or under
+    other settings, or a damaged one, is moved aside (``resume.stale-<time>.pt``) and the batch
+    starts afresh, saying so in the log."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("train_runs needs at least one run")
+    opts = _shared(runs)
+    n_runs = len(runs)
+    device = runs[0].data.train_x.device
+    workdirs = [Path(r.workdir) for r in runs]
+    for w in workdirs:
+        w.mkdir(parents=True, exist_ok=True)
+    resume_path = workdirs[0] / "resume.pt"
+    recorder = runs[0].recorder if n_runs == 1 else None
 
-    model.to(device=device, memory_format=torch.channels_last)
-    model.train()
-    n = data.train_x.shape[0]
+    n = runs[0].data.train_x.shape[0]
     ipe = hp.iterations_per_epoch(n)
     total = hp.total_iterations(n)
+    stop = total if max_iterations is None else min(total, int(max_iterations))
     start = int(opts.start_iteration)
     if not 0 <= start < total:
         raise ValueError(
@@ -244,44 +275,34 @@ def train(
     # OpenLTH evaluates at its start step too
     eval_at = {i for i in opts.eval_iterations if start <= i <= total} | {start, total}
 
-    optimizer = sgd(model.parameters(), hp)
-    mparams, mmasks = masked_parameters(model, mask)
+    for r in runs:
+        r.model.to(device)
+        r.model.train()
+    group = multirun.make(method, [r.model for r in runs], device)
+    group.train(True)
+    optimizer = sgd(group.parameters(), hp)
+    mparams, mmasks = group.masked(group.wide_mask([r.mask for r in runs]))
     with torch.no_grad():
         if mparams:
             torch._foreach_mul_(mparams, mmasks)
 
     precision = devices.effective_precision(opts.precision, device)
     devices.set_precision(precision)
-    # Everything that shapes the trajectory: a resume state from other settings must not be used.
-    fingerprint = repr(
-        (
-            hp.to_dict(),
-            opts.seed,
-            sorted(eval_at),
-            sorted(snapshot_at),
-            opts.eval_subset,
-            opts.eval_subset_until,
-            sorted(mask) if mask else None,
-            total,
-            start,
-            identity,
-            *((opts.data_stream,) if opts.data_stream else ()),
-            *((recorder.settings(),) if hasattr(recorder, "settings") else ()),
-            *((precision,) if precision != "fp32" else ()),
-        )
+    fingerprint = fingerprint_of(
+        runs, hp, opts, eval_at, snapshot_at, total, start, precision, group.method
     )
-    metrics = Metrics()
-    snapshots: dict[int, str] = {}
+    metrics = [Metrics() for _ in runs]
+    snapshots: list[dict[int, str]] = [{} for _ in runs]
     it = last_log_it = start
     resumed = False
-    loss_acc = torch.zeros((), device=device, dtype=torch.float32)
-    state = _resume_state(resume_path, device, fingerprint, recorder, log)
+    loss_acc = torch.zeros(n_runs, device=device, dtype=torch.float32)
+    state = resume_state(resume_path, device, fingerprint, recorder, log)
     if state is not None:
-        model.load_state_dict(state["model"])
+        group.load(state["models"])
         optimizer.load_state_dict(state["optimizer"])
         it = int(state["iteration"])
-        metrics = Metrics(**state["metrics"])
-        snapshots = {int(k): v for k, v in state["snapshots"].items()}
+        metrics = [Metrics(**m) for m in state["metrics"]]
+        snapshots = [{int(k): v for k, v in s.items()} for s in state["snapshots"]]
         loss_acc = state["loss_acc"].to(device)
         last_log_it = int(state["last_log_it"])
         if recorder is not None:
@@ -295,10 +316,10 @@ def train(
                 "format": RESUME_FORMAT,
                 "fingerprint": fingerprint,
                 "iteration": it,
-                "model": model.state_dict(),
+                "models": [group.state_dict(i) for i in range(n_runs)],
                 "optimizer": optimizer.state_dict(),
-                "metrics": metrics.to_dict(),
-                "snapshots": {str(k): v for k, v in snapshots.items()},
+                "metrics": [m.to_dict() for m in metrics],
+                "snapshots": [{str(k): v for k, v in s.items()} for s in snapshots],
                 "loss_acc": loss_acc,
                 "last_log_it": last_log_it,
                 "telemetry": None if recorder is None else recorder.state_dict(),
@@ -307,40 +328,59 @@ def train(
         )
 
     def snapshot():
-        path = workdir / f"iter{it}.pt"
-        checkpoint.save(path, model.state_dict(), iteration=it, network=network)
-        snapshots[it] = str(path)
+        for i in range(n_runs):
+            path = workdirs[i] / f"iter{it}.pt"
+            checkpoint.save(path, group.state_dict(i), iteration=it, network=network)
+            snapshots[i][it] = str(path)
 
-    normalise = augment.Normalise(hp.mean, hp.std, device)
-    forward = torch.compile(model) if opts.compile else model
+    normalise = group.normaliser(hp, device)
+    if opts.cuda_graphs and device.type == "cuda":
+        group.compile("reduce-overhead")
+    elif opts.compile:
+        group.compile()
+    if opts.cuda_graphs and device.type != "cuda":
+        log(f"runtime.cuda_graphs has no effect on {device}: CUDA graphs need a GPU")
 
-    test_x, test_y = data.test_x, data.test_y
-    if opts.eval_subset and opts.eval_subset < test_x.shape[0]:
-        pick = torch.randperm(test_x.shape[0], generator=rng.generator(opts.seed, "eval_subset"))
-        pick = pick[: opts.eval_subset].to(device)
-        sub_x, sub_y = test_x[pick], test_y[pick]
-    else:
-        sub_x, sub_y = test_x, test_y
+    tests = []  # per run: (evaluation set up to eval_subset_until, full test set)
+    for r in runs:
+        test_x, test_y = r.data.test_x, r.data.test_y
+        if opts.eval_subset and opts.eval_subset < test_x.shape[0]:
+            g = rng.generator(r.opts.seed, "eval_subset")
+            pick = torch.randperm(test_x.shape[0], generator=g)[: opts.eval_subset].to(device)
+            tests.append(((test_x[pick], test_y[pick]), (test_x, test_y)))
+        else:
+            tests.append(((test_x, test_y), (test_x, test_y)))
 
     def run_eval():
         t = time.perf_counter()
-        x, y = (sub_x, sub_y) if it <= opts.eval_subset_until else (test_x, test_y)
-        loss, acc = evaluate(model, x, y, normalise, opts.eval_batch_size, precision)
-        metrics.eval_n.append(int(x.shape[0]))
-        metrics.eval_seconds += time.perf_counter() - t
-        metrics.eval_iteration.append(it)
-        metrics.eval_loss.append(loss)
-        metrics.eval_accuracy.append(acc)
-        metrics.eval_wall_seconds.append(metrics.train_seconds)
-        if not (loss == loss and abs(loss) != float("inf")):
-            raise NonFiniteLoss(f"test loss is {loss} at iteration {it}: training diverged")
-        log(f"iter {it:>7}/{total}  test loss {loss:.4f}  acc {acc:.4f}")
+        which = 0 if it <= opts.eval_subset_until else 1
+        sets = [pair[which] for pair in tests]
+        results = _evaluate_batch(group, sets, normalise, opts.eval_batch_size, precision)
+        dt = time.perf_counter() - t
+        for i, (loss, acc) in enumerate(results):
+            mt = metrics[i]
+            mt.eval_n.append(int(sets[i][0].shape[0]))
+            mt.eval_seconds += dt / n_runs
+            mt.eval_iteration.append(it)
+            mt.eval_loss.append(loss)
+            mt.eval_accuracy.append(acc)
+            mt.eval_wall_seconds.append(mt.train_seconds)
+            if not (loss == loss and abs(loss) != float("inf")):
+                who = f" (run {i}, seed {runs[i].opts.seed})" if n_runs > 1 else ""
+                raise NonFiniteLoss(
+                    f"test loss is {loss} at iteration {it}{who}: training diverged"
+                )
+        accs = " ".join(f"{a:.4f}" for _, a in results)
+        if n_runs == 1:
+            log(f"iter {it:>7}/{total}  test loss {results[0][0]:.4f}  acc {accs}")
+        else:
+            log(f"iter {it:>7}/{total}  test acc {accs}")
 
     if recorder is not None:
 
         def sample_loss(x, y):
             with devices.autocast(device, precision):
-                return F.cross_entropy(forward(normalise(x)), y)
+                return F.cross_entropy(group.forward(normalise(x)), y)
 
         recorder.attach(sample_loss)
     if not resumed:
@@ -352,66 +392,86 @@ def train(
             snapshot()
         if start in eval_at:
             run_eval()
+    if on_step is not None:
+        on_step(it)
 
-    draw, draw_epoch = None, -1
+    draws, draw_epoch = None, -1
     current_lr = None
     last_save = time.monotonic()
     t0 = time.perf_counter()
-    with _sigterm_flag() as sigterm:
-        while it < total:
+    with sigterm_flag() as sigterm:
+        while it < stop:
             epoch, j = divmod(it, ipe)
             if epoch != draw_epoch:
-                draw = augment.draw_epoch(
-                    n, opts.seed, epoch, hp.crop_padding, hp.flip, device, opts.data_stream
-                )
+                draws = [
+                    augment.draw_epoch(
+                        n, r.opts.seed, epoch, hp.crop_padding, hp.flip, device, r.opts.data_stream
+                    )
+                    for r in runs
+                ]
                 draw_epoch = epoch
             sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
-            idx = draw.order[sl]
-            x, y = data.train_x[idx], data.train_y[idx]
-            x = augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
-            if opts.batch_fn is not None:  # pre-training tasks; after the flip (rotation labels)
-                x, y = opts.batch_fn(x, y, it)
-            x = normalise(x)
+            xs, ys = [], []
+            for r, draw in zip(runs, draws, strict=True):
+                idx = draw.order[sl]
+                x, y = r.data.train_x[idx], r.data.train_y[idx]
+                x = augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
+                if r.opts.batch_fn is not None:  # pre-training tasks; after the flip (rotation)
+                    x, y = r.opts.batch_fn(x, y, it)
+                xs.append(x)
+                ys.append(y)
 
             lr = hp.lr_at(it, n)
             if lr != current_lr:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
                 current_lr = lr
 
             with devices.autocast(device, precision):
-                loss = F.cross_entropy(forward(x), y)
+                losses = _losses(group.logits(xs, normalise), ys)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (losses[0] if n_runs == 1 else losses.sum()).backward()
             if recorder is not None and recorder.wants(it):
                 recorder.on_grad(it)
             masked_step(optimizer, mparams, mmasks)
-            loss_acc += loss.detach().float()
+            loss_acc += losses.detach().float()
             it += 1
-            metrics.images += y.shape[0]
+            for mt, y in zip(metrics, ys, strict=True):
+                mt.images += y.shape[0]
             if recorder is not None and recorder.wants(it):
                 recorder.on_state(it)
+            if on_step is not None:
+                on_step(it)
 
             if it in snapshot_at:
                 snapshot()
-            if it % opts.log_every == 0 or it == total or it in eval_at:
-                mean_loss = loss_acc.item() / (it - last_log_it)  # host sync
-                if mean_loss != mean_loss or abs(mean_loss) == float("inf"):
-                    raise NonFiniteLoss(
-                        f"training loss became {mean_loss} between iterations {last_log_it} and "
-                        f"{it} (lr {lr}); the run diverged, so no outputs were written"
+            if it % opts.log_every == 0 or it == stop or it in eval_at:
+                means = (loss_acc / (it - last_log_it)).tolist()  # host sync
+                bad = [i for i, v in enumerate(means) if v != v or abs(v) == float("inf")]
+                if bad:
+                    who = (
+                        f" for runs {bad} (seeds {[runs[i].opts.seed for i in bad]})"
+                        if n_runs > 1
+                        else ""
                     )
-                metrics.train_iteration.append(it)
-                metrics.train_loss.append(mean_loss)
+                    raise NonFiniteLoss(
+                        f"training loss became {means[bad[0]]}{who} between iterations "
+                        f"{last_log_it} and {it} (lr {lr}); the run diverged, so no outputs "
+                        "were written"
+                    )
+                now = time.perf_counter()
+                for mt, v in zip(metrics, means, strict=True):
+                    mt.train_iteration.append(it)
+                    mt.train_loss.append(v)
+                    mt.train_seconds += (now - t0) / n_runs
                 loss_acc.zero_()
                 last_log_it = it
-                now = time.perf_counter()
-                metrics.train_seconds += now - t0
                 if it in eval_at:
                     run_eval()
                 t0 = time.perf_counter()
             if sigterm["set"] or time.monotonic() - last_save > opts.checkpoint_seconds:
-                metrics.train_seconds += time.perf_counter() - t0
+                for mt in metrics:
+                    mt.train_seconds += (time.perf_counter() - t0) / n_runs
                 t0 = time.perf_counter()
                 save_resume()
                 last_save = time.monotonic()
@@ -422,4 +482,34 @@ def train(
                     )
     if recorder is not None:
         recorder.flush()
-    return TrainResult(metrics, snapshots, total, ipe)
+    group.write_back([r.model for r in runs])
+    return [TrainResult(metrics[i], snapshots[i], total, ipe) for i in range(n_runs)]
+
+
+def train(
+    model: torch.nn.Module,
+    data: Dataset,
+    hp: TrainingHparams,
+    opts: RunOptions,
+    *,
+    workdir: str | Path,
+    mask: dict | None = None,
+    network: str = "",
+    log: Callable[[str], None] = print,
+    recorder=None,
+    identity: str = "",
+    max_iterations: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train one run (``train_runs`` with a batch of one): ``model`` in place on ``data`` with SGD
+    under ``mask``. ``identity`` names what the loop cannot see for itself (the start weights'
+    and mask's contents, perturbation, task, data; ``runs.run_identity``)."""
+    (result,) = train_runs(
+        [Run(model, data, opts, workdir, mask, identity, recorder)],
+        hp,
+        network=network,
+        log=log,
+        max_iterations=max_iterations,
+        on_step=on_step,
+    )
+    return result

@@ -11,7 +11,7 @@ threads (``device.configure``, as every job does):
 * **ours**: steady-state training images/s of ``train.train`` itself -- the function every job
   calls -- so the numbers include everything the real loop does per step (uint8 gather,
   ``augment.crop_flip``, ``augment.Normalise``, channels_last model, foreach SGD, mask
-  ``_foreach_mul_``, the periodic loss sync). A timing hook passed as train's ``recorder`` reads
+  ``_foreach_mul_``, the periodic loss sync). A timing hook passed as train's ``on_step`` reads
   the clock after every step and stops the run (by raising) once enough windows are timed, so
   nothing is written and no evaluation runs. Median of >= 5 timed windows after a warm-up.
 * a **masked** copy of one network (default resnet20) under an 80%-sparse global-magnitude mask
@@ -158,9 +158,8 @@ class Timing:
 class StepClock:
     """Reads the clock after every training step and stops the loop when the plan is done.
 
-    Speaks the ``recorder`` protocol of ``train.train`` (``attach``/``wants``/``on_state``/
-    ``on_grad``/``flush``): ``on_state(it)`` runs after step ``it`` and before the next step's
-    forward pass.
+    ``on_step(it)`` is ``train.train_runs``' hook: it runs after step ``it`` and before the next
+    step's forward pass.
     """
 
     def __init__(
@@ -182,19 +181,7 @@ class StepClock:
         self.others: list[float] = []
         self.monitor = Monitor()
 
-    def attach(self, loss_fn) -> None:  # measures no gradients
-        pass
-
-    def wants(self, it: int) -> bool:
-        return True
-
-    def on_grad(self, it: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def on_state(self, it: int) -> None:
+    def on_step(self, it: int) -> None:
         self.sync()
         now = time.perf_counter()
         if it > 0:
@@ -294,7 +281,7 @@ def time_ours(
                 mask=mask,
                 network=net,
                 log=lambda s: None,
-                recorder=clock,
+                on_step=clock.on_step,
             )
         except _Enough:
             pass
@@ -309,24 +296,33 @@ def time_group(
     plan: Plan,
     *,
     batch_size: int | None = None,
+    cuda_graphs: bool = False,
+    precision: str = "fp32",
 ) -> Timing:
-    """images/s (all n models together) of multirun.train_group."""
+    """images/s (all n models together) of train.train_runs with a batch of n runs."""
     dev = ds.train_x.device
     hp = _hparams(net, batch_size)
-    group = [_model(net, seed, dev) for seed in range(1, n + 1)]
+    small = dataclasses.replace(ds, test_x=ds.test_x[:1], test_y=ds.test_y[:1])
     clock = StepClock(plan, ds.train_x.shape[0], hp.batch_size, _sync_for(dev), models=n)
-    try:
-        multirun.train_group(
-            group,
-            ds,
-            hp,
-            list(range(1, n + 1)),
-            method=method,
-            on_step=clock.on_state,
-            log=lambda s: None,
-        )
-    except _Enough:
-        pass
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        batch = [
+            train.Run(
+                _model(net, seed, dev),
+                small,
+                train.RunOptions(
+                    seed=seed,
+                    checkpoint_seconds=1e12,
+                    cuda_graphs=cuda_graphs,
+                    precision=precision,
+                ),
+                Path(workdir) / str(seed),
+            )
+            for seed in range(1, n + 1)
+        ]
+        try:
+            train.train_runs(batch, hp, network=net, method=method, on_step=clock.on_step)
+        except _Enough:
+            pass
     return clock.result()
 
 
@@ -419,7 +415,7 @@ def time_reference(
     )
     clock = StepClock(plan, len(dataset), hp.batch_size, _sync_for(dev))
     it = 0
-    clock.on_state(0)
+    clock.on_step(0)
     try:
         while True:
             for x, y in loader:
@@ -429,7 +425,7 @@ def time_reference(
                 loss.backward()
                 optimizer.step()
                 it += 1
-                clock.on_state(it)
+                clock.on_step(it)
     except _Enough:
         pass
     return clock.result()

@@ -71,7 +71,7 @@ def test_step_clock_windows():
     clock = bench.StepClock(plan, n_train=100, batch_size=32)
     with pytest.raises(bench._Enough):
         for it in range(100):
-            clock.on_state(it)
+            clock.on_step(it)
     t = clock.result()
     assert len(t.windows) == 3 and t.window_steps == 1
     # Images per step follow the epoch: 32, 32, 32, then the partial batch of 4.
@@ -85,6 +85,6 @@ def test_contended_windows_are_dropped_and_retimed(monkeypatch):
     clock = bench.StepClock(plan, n_train=1000, batch_size=10)
     with pytest.raises(bench._Enough):
         for it in range(100):
-            clock.on_state(it)
+            clock.on_step(it)
     t = clock.result()
     assert len(t.windows) == 3 and len(t.contended) == 2 and t.others[:2] == [0.0, 1.0]

@@ -1,5 +1,6 @@
-"""Several runs in one process: each model of a group ends where its own train.train run ends
-(same seed, same mask), BatchNorm running statistics included, to float tolerance."""
+"""Several runs in one process (train.train_runs with N > 1): each model of a batch ends where its
+own one-run train.train ends (same seed, same mask), BatchNorm running statistics included, to float
+tolerance; a killed batch resumes bit-identically."""
 
 import pytest
 import torch
@@ -85,39 +86,41 @@ def _close(a: dict, b: dict, name: str, tol=TOL["grouped"]):
             torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, k=k: f"{name} {k}: {m}")
 
 
-def test_grouped_matches_separate_runs(dataset, separate, method="grouped"):
+def _batch(group, dataset, root, masks=None, **opts):
+    """One train.Run per model of ``group`` (seed i, mask i), snapshots under root/<seed>."""
+    masks = masks or [None] * len(group)
+    return [
+        train.Run(m, dataset, train.RunOptions(seed=s, **opts), root / str(s), mask)
+        for m, s, mask in zip(group, SEEDS, masks, strict=True)
+    ]
+
+
+def test_grouped_matches_separate_runs(dataset, separate, tmp_path, method="grouped"):
     """6 steps across an epoch boundary and an lr drop, with masks, evaluations, snapshots."""
     states, sep_metrics, _ = separate
     group = [_model(s) for s in SEEDS]
-    res = multirun.train_group(
-        group,
-        dataset,
-        HP,
-        SEEDS,
-        masks=_masks(),
-        method=method,
-        eval_iterations=[0, 3],
-        log_every=2,
-        snapshot_iterations=[0, 4],
-        log=lambda s: None,
+    opts = dict(eval_iterations=[0, 3], log_every=2, snapshot_iterations=[0, 4])
+    results = train.train_runs(
+        _batch(group, dataset, tmp_path, _masks(), **opts), HP, method=method, log=lambda s: None
     )
-    assert res.total_iterations == 6 and res.iterations_per_epoch == 3
+    assert results[0].total_iterations == 6 and results[0].iterations_per_epoch == 3
     for i, (seed, mask) in enumerate(zip(SEEDS, _masks(), strict=True)):
         _close(group[i].state_dict(), states[i], f"{method} seed {seed}", TOL[method])
         # Running statistics are per model (and really were updated).
         bn = "layer1.0.bn1.running_mean"
         assert not torch.equal(group[i].state_dict()[bn], _model(seed).state_dict()[bn])
-        sm, gm = sep_metrics[i], res.metrics[i]
+        sm, gm = sep_metrics[i], results[i].metrics
         assert gm.eval_iteration == sm.eval_iteration == [0, 3, 6]
         assert gm.train_iteration == sm.train_iteration
         torch.testing.assert_close(gm.train_loss, sm.train_loss, **TOL[method])
         torch.testing.assert_close(gm.eval_loss, sm.eval_loss, **TOL[method])
         assert gm.eval_accuracy == pytest.approx(sm.eval_accuracy, abs=1 / 40 + 1e-9)
         assert gm.images == sm.images == 6 * 32
-        assert sorted(res.snapshots[i]) == [0, 4]
+        assert sorted(results[i].snapshots) == [0, 4]
         start = _model(seed).state_dict()  # snapshot 0 = the masked start, as in train.train
         start.update({k: start[k] * keep for k, keep in (mask or {}).items()})
-        _close(res.snapshots[i][0], start, f"{method} snapshot 0")
+        snap0 = checkpoint.load(results[i].snapshots[0])["state_dict"]
+        _close(snap0, start, f"{method} snapshot 0")
     # The models differ from one another (own seeds, own masks) ...
     assert not torch.equal(group[0].conv1.weight, group[1].conv1.weight)
     # ... and the masked ones stayed masked.
@@ -169,19 +172,85 @@ def test_gradients_equal_separate_in_float64(cls):
             torch.testing.assert_close(group.state_dict(i)[name], buf, rtol=1e-12, atol=1e-12)
 
 
-def test_vmap_first_steps_match(dataset, separate):
+def test_vmap_first_steps_match(dataset, separate, tmp_path):
     """vmap over the first 3 steps (one epoch) against the separate runs at iteration 3."""
     _, _, at3 = separate
     group = [_model(s) for s in SEEDS]
-    multirun.train_group(
-        group,
-        dataset,
-        HP,
-        SEEDS,
-        masks=_masks(),
-        method="vmap",
-        max_iterations=3,
-        log=lambda s: None,
-    )
+    batch = _batch(group, dataset, tmp_path, _masks())
+    train.train_runs(batch, HP, method="vmap", max_iterations=3, log=lambda s: None)
     for i, seed in enumerate(SEEDS):
         _close(group[i].state_dict(), at3[i], f"vmap seed {seed} at 3", TOL["vmap"])
+
+
+def _sigterm_at(step):
+    """A batch transform that sends this process SIGTERM while preparing step ``step``."""
+    import os
+    import signal
+
+    def hook(x, y, it):
+        if it == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return x, y
+
+    return hook
+
+
+def test_killed_batch_resumes_bit_identically(dataset, tmp_path):
+    """A batch of 2 runs stopped by SIGTERM at step 4 and re-run (from other start weights, so
+    everything must come from the resume state) ends bitwise where an uninterrupted batch ends:
+    weights, optimizer-carried momentum, metrics and the snapshot taken after the restart."""
+    opts = dict(eval_iterations=[0, 3], log_every=2, snapshot_iterations=[5])
+
+    def batch(root, models_, **extra):
+        return [
+            train.Run(m, dataset, train.RunOptions(seed=s, **opts, **extra), root / str(s), mask)
+            for m, s, mask in zip(models_, SEEDS[:2], _masks()[:2], strict=True)
+        ]
+
+    ref = [_model(s) for s in SEEDS[:2]]
+    ref_res = train.train_runs(batch(tmp_path / "ref", ref), HP, log=lambda s: None)
+    killed = [_model(s) for s in SEEDS[:2]]
+    with pytest.raises(train.Interrupted):
+        # batch_fn on the second run only: the first shows per-run transforms stay per run
+        runs_ = batch(tmp_path / "run", killed)
+        runs_[1] = train.Run(
+            killed[1],
+            dataset,
+            train.RunOptions(seed=SEEDS[1], **opts, batch_fn=_sigterm_at(4)),
+            tmp_path / "run" / str(SEEDS[1]),
+            _masks()[1],
+        )
+        train.train_runs(runs_, HP, log=lambda s: None)
+    assert (tmp_path / "run" / str(SEEDS[0]) / "resume.pt").exists()
+    again = [_model(97), _model(98)]
+    logged = []
+    res = train.train_runs(batch(tmp_path / "run", again), HP, log=logged.append)
+    assert any("resumed from" in line for line in logged)
+    for a, b, ra, rb in zip(again, ref, res, ref_res, strict=True):
+        for k, v in b.state_dict().items():
+            assert torch.equal(a.state_dict()[k], v), k
+        assert ra.metrics.train_loss == rb.metrics.train_loss
+        assert ra.metrics.eval_accuracy == rb.metrics.eval_accuracy
+        sa = checkpoint.load(ra.snapshots[5])["state_dict"]
+        sb = checkpoint.load(rb.snapshots[5])["state_dict"]
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_runs_of_a_batch_must_share_the_loop_settings(dataset, tmp_path):
+    group = [_model(s) for s in SEEDS[:2]]
+    runs_ = [
+        train.Run(group[0], dataset, train.RunOptions(seed=1, log_every=2), tmp_path / "a"),
+        train.Run(group[1], dataset, train.RunOptions(seed=2, log_every=3), tmp_path / "b"),
+    ]
+    with pytest.raises(ValueError, match="must share RunOptions.log_every"):
+        train.train_runs(runs_, HP, log=lambda s: None)
+
+
+def test_one_run_batch_is_the_plain_model(dataset, tmp_path):
+    """N = 1 trains the model itself (no wide copy): train() and train_runs() of one run agree
+    bitwise, and the batch is multirun.Single."""
+    a, b = _model(1), _model(1)
+    train.train(a, dataset, HP, train.RunOptions(seed=1), workdir=tmp_path / "a", log=print)
+    train.train_runs([train.Run(b, dataset, train.RunOptions(seed=1), tmp_path / "b")], HP)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    assert isinstance(multirun.make("grouped", [a], torch.device("cpu")), multirun.Single)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_scripts.earlyphase import checkpoint, data, models, multirun, prune, rng, runs, train
+from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 NET = "resnet8_w4"
@@ -157,9 +157,13 @@ def test_grouped_rewound_runs_match_separate_rewound_runs(data_file, dense_no_mo
         g = models.build(NET)
         g.load_state_dict(start)
         together.append(g)
-    res = multirun.train_group(together, ds, hp, [1, 2], start_iteration=K, log=lambda s: None)
+    batch = [
+        train.Run(g, ds, train.RunOptions(seed=s, start_iteration=K), tmp_path / f"g{s}")
+        for g, s in zip(together, (1, 2), strict=True)
+    ]
+    res = train.train_runs(batch, hp, log=lambda s: None)[0]
     for a, b in zip(alone, together, strict=True):
         for n, v in a.items():
             torch.testing.assert_close(b.state_dict()[n], v, rtol=1e-4, atol=1e-5)
-    assert res.metrics[0].eval_iteration[-1] == 15
-    assert np.all(np.asarray(res.metrics[0].train_iteration) > K)
+    assert res.metrics.eval_iteration[-1] == 15
+    assert np.all(np.asarray(res.metrics.train_iteration) > K)

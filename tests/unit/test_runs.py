@@ -276,9 +276,12 @@ def _sigterm_run(monkeypatch, job, at=1):
     import os
     import signal
 
-    real = runs.train
+    real = runs.train_runs
 
-    def interrupted(model, ds, hp, opts, **kw):
+    def interrupted(batch, hp, **kw):
+        (r,) = batch
+        opts = r.opts
+
         def hook(x, y, it):
             if opts.batch_fn is not None:
                 x, y = opts.batch_fn(x, y, it)
@@ -286,10 +289,12 @@ def _sigterm_run(monkeypatch, job, at=1):
                 os.kill(os.getpid(), signal.SIGTERM)
             return x, y
 
-        return real(model, ds, hp, dataclasses.replace(opts, batch_fn=hook), **kw)
+        return real(
+            [dataclasses.replace(r, opts=dataclasses.replace(opts, batch_fn=hook))], hp, **kw
+        )
 
     with monkeypatch.context() as m:
-        m.setattr(runs, "train", interrupted)
+        m.setattr(runs, "train_runs", interrupted)
         with pytest.raises(train.Interrupted):
             runs.run(job, log=lambda s: None)
     assert (Path(job.workdir) / "resume.pt").is_file()

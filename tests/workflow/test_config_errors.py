@@ -112,8 +112,6 @@ MALFORMED = [
      "config key hessian.iterations"),
     ("hessian_steps_zero", "hessian: {steps: 0}", [], "steps"),
     ("precision_unknown", "runtime: {precision: fp16}", [], "precision"),
-    ("bf16_grouped", "runtime: {precision: bf16, runs_per_job: 2}", [],
-     "config key runtime.precision"),
 ]  # fmt: skip
 
 # One case per kind of check, through a real `snakemake -n` (each a Snakemake start: seconds).
