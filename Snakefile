@@ -34,6 +34,10 @@
 
 import os
 
+from snakemake.utils import min_version
+
+min_version("9.0")  # the settings API, YTE profiles and the executor plugins this workflow uses
+
 
 # The paper's protocol; found beside this Snakefile even with --directory elsewhere.
 configfile: os.path.join(workflow.basedir, "config.yaml")

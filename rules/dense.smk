@@ -19,7 +19,9 @@ rule train_dense:
         "benchmarks/{net}/seed{seed}/dense/train.tsv"
     conda:
         "../envs/pipeline.yaml"
-    threads: 2
+    threads: JOB_THREADS
+    resources:
+        **gpu_job_resources("train_dense"),
     params:
         job=dense_job,
     script:

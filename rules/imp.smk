@@ -4,7 +4,7 @@
 # (rewind<k>) or a pre-trained state (pretrain/<task>/e<epochs>, Section 6): one mechanism.
 
 
-for _seeds in SEED_GROUPS:
+for _seeds, _nets in SEED_GROUPS:
 
     rule:
         name:
@@ -25,9 +25,13 @@ for _seeds in SEED_GROUPS:
                 "benchmarks/{net}/seed{seed}/imp/{source}/level{level}/train.tsv",
                 _seeds,
             )
+        wildcard_constraints:
+            net=group_nets(_nets),
         conda:
             "../envs/pipeline.yaml"
-        threads: 2
+        threads: JOB_THREADS
+        resources:
+            **gpu_job_resources("train", _seeds),
         params:
             job=imp_job,
             seeds=_seeds,

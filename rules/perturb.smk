@@ -3,7 +3,7 @@
 # magnitudes, shuffles, same-sign shuffles, noise), and trains the result under the same mask.
 
 
-for _seeds in SEED_GROUPS:
+for _seeds, _nets in SEED_GROUPS:
 
     rule:
         name:
@@ -32,9 +32,13 @@ for _seeds in SEED_GROUPS:
                 "benchmarks/{net}/seed{seed}/perturb/rewind{k}/level{level}/{variant}/train.tsv",
                 _seeds,
             )
+        wildcard_constraints:
+            net=group_nets(_nets),
         conda:
             "../envs/pipeline.yaml"
-        threads: 2
+        threads: JOB_THREADS
+        resources:
+            **gpu_job_resources("train", _seeds),
         params:
             job=perturb_job,
             seeds=_seeds,

@@ -5,7 +5,7 @@
 # sub-networks under their masks with rotation prediction before training them on CIFAR-10.
 
 
-for _seeds in SEED_GROUPS:
+for _seeds, _nets in SEED_GROUPS:
 
     rule:
         name:
@@ -24,9 +24,13 @@ for _seeds in SEED_GROUPS:
                 "benchmarks/{net}/seed{seed}/pretrain/{task}/e{epochs}/train.tsv",
                 _seeds,
             )
+        wildcard_constraints:
+            net=group_nets(_nets),
         conda:
             "../envs/pipeline.yaml"
-        threads: 2
+        threads: JOB_THREADS
+        resources:
+            **gpu_job_resources("pretrain", _seeds),
         params:
             job=pretrain_job,
             seeds=_seeds,
@@ -34,7 +38,7 @@ for _seeds in SEED_GROUPS:
             "../pipeline_scripts/train_job.py"
 
 
-for _seeds in SEED_GROUPS:
+for _seeds, _nets in SEED_GROUPS:
 
     rule:
         name:
@@ -61,9 +65,13 @@ for _seeds in SEED_GROUPS:
                 "benchmarks/{net}/seed{seed}/imp/pretrain/{task}/e{epochs}/level0/train.tsv",
                 _seeds,
             )
+        wildcard_constraints:
+            net=group_nets(_nets),
         conda:
             "../envs/pipeline.yaml"
-        threads: 2
+        threads: JOB_THREADS
+        resources:
+            **gpu_job_resources("train", _seeds),
         params:
             job=level0_job,
             seeds=_seeds,
@@ -71,7 +79,7 @@ for _seeds in SEED_GROUPS:
             "../pipeline_scripts/train_job.py"
 
 
-for _seeds in SEED_GROUPS:
+for _seeds, _nets in SEED_GROUPS:
 
     rule:
         name:
@@ -102,9 +110,13 @@ for _seeds in SEED_GROUPS:
                 "benchmarks/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/pretext/train.tsv",
                 _seeds,
             )
+        wildcard_constraints:
+            net=group_nets(_nets),
         conda:
             "../envs/pipeline.yaml"
-        threads: 2
+        threads: JOB_THREADS
+        resources:
+            **gpu_job_resources("sparse_pretext", _seeds),
         params:
             job=sparse_pretext_job,
             seeds=_seeds,
@@ -112,7 +124,7 @@ for _seeds in SEED_GROUPS:
             "../pipeline_scripts/train_job.py"
 
 
-for _seeds in SEED_GROUPS:
+for _seeds, _nets in SEED_GROUPS:
 
     rule:
         name:
@@ -143,9 +155,13 @@ for _seeds in SEED_GROUPS:
                 "benchmarks/{net}/seed{seed}/sparse/rewind{k}/level{level}/{kind}/{start}/train.tsv",
                 _seeds,
             )
+        wildcard_constraints:
+            net=group_nets(_nets),
         conda:
             "../envs/pipeline.yaml"
-        threads: 2
+        threads: JOB_THREADS
+        resources:
+            **gpu_job_resources("train", _seeds),
         params:
             job=sparse_job,
             seeds=_seeds,

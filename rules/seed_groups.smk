@@ -1,27 +1,40 @@
-# ---- several seeds per training job (runtime.runs_per_job; issue 7) ----------------------------
-# With runs_per_job R > 1 each training rule except train_dense is defined once per group of R
-# seeds (named <name>_seeds<a>_<b>...); its outputs are the same per-seed files as before, so
-# everything downstream is unchanged, and the runs train together (runs.run_group). With R = 1
-# (the default) each rule is defined once, with a {seed} wildcard.
-RUNS_PER_JOB = config["runtime"]["runs_per_job"]
-SEED_GROUPS = (
-    [None]
-    if RUNS_PER_JOB == 1
-    else [SEEDS[i : i + RUNS_PER_JOB] for i in range(0, len(SEEDS), RUNS_PER_JOB)]
-)
+# ---- job sizing: several runs per training job, and each GPU job's resources (issue 12) ---------
+# runtime.runs_per_job N (an integer, or per network: {resnet20: 8, default: 1}) makes the
+# training rules but train_dense train N seeds of one network together (train.train_runs). Such
+# a rule is defined once per seed group (named <rule>_seeds<a>_<b>..., net constrained to the
+# networks grouped that way); its outputs are the same per-seed files as one-run jobs, so
+# everything downstream is unchanged. With N = 1 a rule is defined once, with a {seed} wildcard.
+# Only public API: `name:` and `wildcard_constraints:` in generated rules, and every GPU job's
+# threads and resources declared in the rule itself (gpu_job_resources), not copied from the
+# profile, so a one-run job and an N-run job are sized by the same function.
+
+RUNS_PER_JOB = config_check.runs_per_job(config)  # {network: N}
+
+
+def _seed_groups():
+    """[(seeds or None, networks)]: None = the one-run rule (for the networks with N = 1)."""
+    by_group = {}
+    for net in NETWORKS:
+        n = RUNS_PER_JOB[net]
+        groups = [None] if n == 1 else [tuple(SEEDS[i : i + n]) for i in range(0, len(SEEDS), n)]
+        for g in groups:
+            by_group.setdefault(g, []).append(net)
+    return [(None if g is None else list(g), nets) for g, nets in by_group.items()]
+
+
+SEED_GROUPS = _seed_groups()
+_ALL_ONE = all(n == 1 for n in RUNS_PER_JOB.values())
 
 
 def group_name(base, seeds):
-    """The rule's name for a seed group; profiles' set-threads/set-resources of `base` apply."""
-    if seeds is None:
-        return base
-    name = f"{base}_seeds" + "_".join(str(s) for s in seeds)
-    rs = workflow.resource_settings
-    for table in ("_parsed_overwrite_threads", "_parsed_overwrite_resources"):
-        overrides = getattr(rs, table)
-        if base in overrides:
-            overrides[name] = overrides[base]
-    return name
+    """The rule's name for a seed group (the base name for one-run jobs)."""
+    return base if seeds is None else f"{base}_seeds" + "_".join(str(s) for s in seeds)
+
+
+def group_nets(nets):
+    """The {net} wildcard constraint of a seed group's rule (unconstrained when no network
+    groups its runs, as before runs_per_job existed)."""
+    return "[a-z][a-z0-9_]*" if _ALL_ONE else "|".join(sorted(nets))
 
 
 def per_seed(pattern, seeds):
@@ -58,3 +71,58 @@ def per_seed_inputs(fn, seeds):
         return out
 
     return inputs
+
+
+# ---- resources of the GPU jobs (training, interpolation, Hessian) -----------------------------
+# Threads: runtime.threads, or EARLYPHASE_SLURM_TRAIN_THREADS when set (profiles/slurm); a
+# profile's set-threads still overrides a one-run rule by its name (profiles/laptop does).
+# Memory: runtime.mem_mb_per_thread x threads. Time limit (minutes; SLURM only): one 160-epoch
+# run of the network alone (runtime.minutes_per_run; `python -m pipeline_scripts.tools.bench
+# --job-sizes` measures it on a GPU) x the stage's share of a run below x the runs in the job,
+# + a fixed start-up allowance, x the attempt (a retry resumes with twice the time). GPU: every
+# such job asks for one (`gpu: 1`: sbatch --gpus=1; the local profile's GPU slots; no effect
+# where no gpu resource limit is set, as on a laptop); EARLYPHASE_SLURM_GPU_GRES asks with
+# --gres instead, EARLYPHASE_SLURM_GPU_MODEL names the model, EARLYPHASE_SLURM_GPU_PARTITION
+# (else EARLYPHASE_SLURM_PARTITION) the partition -- site facts, read from the environment when
+# planning, as profiles/slurm documents.
+JOB_THREADS = int(os.environ.get("EARLYPHASE_SLURM_TRAIN_THREADS") or config["runtime"]["threads"])
+_RT = config["runtime"]
+_SITE = {
+    "gres": os.environ.get("EARLYPHASE_SLURM_GPU_GRES"),
+    "gpu_model": os.environ.get("EARLYPHASE_SLURM_GPU_MODEL"),
+    "slurm_partition": os.environ.get("EARLYPHASE_SLURM_GPU_PARTITION")
+    or os.environ.get("EARLYPHASE_SLURM_PARTITION"),
+}
+# stage -> (share of one 160-epoch run, extra minutes); pretrain's share is its epochs / 160.
+STAGE_SHARE = {
+    "train_dense": (1.2, 5),  # + the early-phase telemetry evaluations
+    "train": (1.0, 5),  # IMP levels, perturbations, from-pretrained, sparse, stability copies
+    "pretrain": (None, 20),
+    "sparse_pretext": (0.25, 20),
+    "interpolate": (0.05, 10),
+    "hessian": (0.1, 10),
+}
+
+
+def job_minutes(stage, net, runs=1, epochs=None):
+    share, extra = STAGE_SHARE[stage]
+    if share is None:
+        share = float(epochs) / 160
+    per_run = _RT["minutes_per_run"].get(net, _RT["minutes_per_run"]["default"])
+    return int(per_run * share * runs + extra)
+
+
+def gpu_job_resources(stage, seeds=None):
+    """The resources of a GPU job of ``stage`` training ``seeds`` (None: one run)."""
+    runs = 1 if seeds is None else len(seeds)
+
+    def runtime(wildcards, attempt):
+        return job_minutes(stage, wildcards.net, runs, wildcards.get("epochs")) * attempt
+
+    out = {
+        "runtime": runtime,
+        "mem_mb": int(_RT["mem_mb_per_thread"]) * JOB_THREADS,
+        **({"gres": _SITE["gres"]} if _SITE["gres"] else {"gpu": 1}),
+    }
+    out.update({k: v for k, v in _SITE.items() if v and k != "gres"})
+    return out

@@ -18,7 +18,9 @@ rule hessian:
         "benchmarks/{net}/seed{seed}/dense/hessian.tsv"
     conda:
         "../envs/pipeline.yaml"
-    threads: 2
+    threads: JOB_THREADS
+    resources:
+        **gpu_job_resources("hessian"),
     params:
         iterations=HESSIAN_ITS,
         hparams=lambda w: _HPARAMS[w.net],

@@ -22,7 +22,9 @@ rule train_stability_copy:
         replica="copy[12]",
     conda:
         "../envs/pipeline.yaml"
-    threads: 2
+    threads: JOB_THREADS
+    resources:
+        **gpu_job_resources("train"),
     params:
         job=stability_copy_job,
     script:
@@ -50,7 +52,9 @@ rule interpolate:
         sub=r"dense|level[1-9]\d*",
     conda:
         "../envs/pipeline.yaml"
-    threads: 2
+    threads: JOB_THREADS
+    resources:
+        **gpu_job_resources("interpolate"),
     params:
         hparams=lambda w: _HPARAMS[w.net],
         points=STABILITY["points"],

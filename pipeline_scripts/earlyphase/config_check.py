@@ -84,6 +84,25 @@ def coerce(config: dict, schema: dict) -> None:
 
     def walk(value, s):
         s = resolve(s)
+        branches = [resolve(b) for b in s.get("oneOf", s.get("anyOf", []))]
+        if branches:  # the branch for the value's shape (mapping, list or scalar)
+            kind = (
+                "object"
+                if isinstance(value, dict)
+                else "array"
+                if isinstance(value, list)
+                else None
+            )
+            fits = [b for b in branches if b.get("type") == kind] if kind else branches
+            if kind is None:
+                types = [
+                    t
+                    for b in fits
+                    for t in ([b["type"]] if isinstance(b.get("type"), str) else b.get("type", []))
+                ]
+                s = {"type": types}
+            elif fits:
+                s = fits[0]
         if isinstance(value, dict):
             props, extra = s.get("properties", {}), s.get("additionalProperties")
             for key, sub in value.items():
@@ -161,6 +180,7 @@ def _registries_in_child(config: dict) -> None:
         "training": config["training"],
         "perturb": config["perturb"],
         "pretrain": config["pretrain"],
+        "runtime": config["runtime"],
     }
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -192,6 +212,7 @@ def _registry_key(config: dict) -> str:
     read = {
         "networks": config["networks"],
         "per_network": sorted(config["training"]["per_network"]),
+        "runtime_per_network": {k: sorted(v) for k, v in _per_network_runtime(config).items()},
         "variants": config["perturb"]["variants"],
         "tasks": [config["pretrain"]["tasks"], config["pretrain"]["sparse"]["task"]],
         "code": [
@@ -211,15 +232,20 @@ def _registries(config: dict) -> None:
             models.check_name(name)
         except ValueError as e:
             raise ConfigError("networks", f"{e}") from e
-    for name in config["training"]["per_network"]:
-        try:
-            models.check_name(name)
-        except ValueError as e:
-            raise ConfigError(
-                f"training.per_network.{name}",
-                f"{name!r} is not a network name (a misspelling?), so these settings would apply "
-                f"to no run; configured networks: {config['networks']} ({e})",
-            ) from e
+    per_network = [("training.per_network", config["training"]["per_network"])]
+    per_network += [(f"runtime.{k}", v) for k, v in _per_network_runtime(config).items()]
+    for key, table in per_network:
+        for name in table:
+            if key.startswith("runtime.") and name == "default":
+                continue
+            try:
+                models.check_name(name)
+            except ValueError as e:
+                raise ConfigError(
+                    f"{key}.{name}",
+                    f"{name!r} is not a network name (a misspelling?), so this setting would apply "
+                    f"to no run; configured networks: {config['networks']} ({e})",
+                ) from e
     for name, spec in config["perturb"]["variants"].items():
         _check_variant(name, spec)
     pre = config["pretrain"]
@@ -230,6 +256,24 @@ def _registries(config: dict) -> None:
         for task in names:
             if task not in tasks.REGISTRY:
                 raise ConfigError(key, f"unknown task {task!r}; known: {sorted(tasks.REGISTRY)}")
+
+
+def _per_network_runtime(config: dict) -> dict:
+    """The runtime settings given per network (runtime.runs_per_job may be one number)."""
+    rt = config["runtime"]
+    out = {"minutes_per_run": rt["minutes_per_run"]}
+    if isinstance(rt["runs_per_job"], dict):
+        out["runs_per_job"] = rt["runs_per_job"]
+    return out
+
+
+def runs_per_job(config: dict) -> dict:
+    """{network: runs trained together in one job} for the configured networks
+    (``runtime.runs_per_job``: one number for all, or per network with a ``default``)."""
+    n = config["runtime"]["runs_per_job"]
+    if not isinstance(n, dict):
+        return {net: int(n) for net in config["networks"]}
+    return {net: int(n.get(net, n.get("default", 1))) for net in config["networks"]}
 
 
 def _networks(config: dict) -> None:

@@ -112,6 +112,11 @@ MALFORMED = [
      "config key hessian.iterations"),
     ("hessian_steps_zero", "hessian: {steps: 0}", [], "steps"),
     ("precision_unknown", "runtime: {precision: fp16}", [], "precision"),
+    ("runs_per_job_network_misspelt", "runtime: {runs_per_job: {resnet2O: 4}}", [],
+     "config key runtime.runs_per_job.resnet2O"),
+    ("runs_per_job_zero", "runtime: {runs_per_job: {resnet20: 0}}", [], "runs_per_job"),
+    ("minutes_per_run_misspelt", "runtime: {minutes_per_run: {resnt20: 4, default: 9}}", [],
+     "config key runtime.minutes_per_run.resnt20"),
 ]  # fmt: skip
 
 # One case per kind of check, through a real `snakemake -n` (each a Snakemake start: seconds).
@@ -211,6 +216,14 @@ def test_numbers_on_the_command_line_are_numbers(tmp_path):
     config = plan_checks(config_args=["seeds=[1, 3]", "imp={'fraction': 0.5, 'levels': 14}"])
     assert config["seeds"] == [1, 3] and config["imp"]["fraction"] == 0.5
     assert config["imp"]["levels"] == 14 and isinstance(config["imp"]["levels"], int)
+    # runs_per_job is a number or a per-network mapping (a oneOf in the schema): both coerced
+    config = plan_checks(config_args=["runtime={'runs_per_job': {'resnet20': 4, 'default': 2}}"])
+    assert config_check.runs_per_job(config) == {
+        **{n: 2 for n in config["networks"]},
+        "resnet20": 4,
+    }
+    config = plan_checks(config_args=["runtime={'runs_per_job': 3}"])
+    assert set(config_check.runs_per_job(config).values()) == {3}
 
 
 def test_the_readme_dag_command_runs_as_written():

@@ -238,11 +238,12 @@ def test_checked_in_rule_graph_is_current():
 
 @pytest.mark.slow
 def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp_path):
-    """runtime.runs_per_job = 2: one job per seed pair, same per-seed files, profile threads
-    applied to the grouped rules, and results equal to separate jobs up to float tolerance."""
+    """runtime.runs_per_job = 2 for the network: one job per seed pair, same per-seed files, the
+    config's threads and resources declared on the grouped rules, results equal to separate jobs
+    up to float tolerance."""
     out, _ = smoke_run
     overlay = tmp_path / "grouped.yaml"
-    overlay.write_text("runtime: {runs_per_job: 2}\n")
+    overlay.write_text("runtime: {runs_per_job: {resnet8_w4: 2, default: 1}}\n")
     work = tmp_path / "grouped"
     args = [
         "--profile",
@@ -261,7 +262,7 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp
     targets = [f"results/resnet8_w4/seed{s}/{level}/metrics.h5" for s in (1, 2)]
     smk(*targets, *args)  # targets first: --configfile takes every word after it
     log = (work / "logs/resnet8_w4/seeds1_2" / level / "train.log").read_text()
-    assert "training 2 runs together (grouped)" in log and "1 thread(s)" in log  # set-threads
+    assert "training 2 runs together (grouped)" in log and "1 thread(s)" in log  # runtime.threads
     for seed in (1, 2):
         alone = out / f"results/resnet8_w4/seed{seed}/{level}"
         group = work / f"results/resnet8_w4/seed{seed}/{level}"
