@@ -8,7 +8,7 @@ from pipeline_scripts.earlyphase import device, hessian  # noqa: E402
 
 smk = snakemake  # noqa: F821
 runtime = smk.config["runtime"]
-device.configure(smk.threads, runtime.get("deterministic", True))
+device.configure_from(runtime, smk.threads)
 checkpoints = dict(zip(smk.params.iterations, smk.input.checkpoints, strict=True))
 its, results, attrs = hessian.measure(
     checkpoints,

@@ -9,7 +9,7 @@ from pipeline_scripts.earlyphase import device, stability  # noqa: E402
 smk = snakemake  # noqa: F821
 w = smk.wildcards
 runtime = smk.config["runtime"]
-device.configure(smk.threads, runtime.get("deterministic", True))
+device.configure_from(runtime, smk.threads)
 run = {
     "network": w.net,
     "seed": int(w.seed),

@@ -63,3 +63,19 @@ def configure(threads: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.backends.cudnn.benchmark = True
+
+
+# ---- from config `runtime`: a key the config leaves out takes the default of the function it
+# feeds (select, configure, train.RunOptions), which equals the schema's default (tested), so each
+# default is written once.
+def select_from(runtime: dict) -> torch.device:
+    """``select`` as config ``runtime.device`` says."""
+    return select(runtime["device"]) if "device" in runtime else select()
+
+
+def configure_from(runtime: dict, threads: int) -> None:
+    """``configure`` with the job's threads, deterministic as config ``runtime`` says."""
+    if "deterministic" in runtime:
+        configure(threads, runtime["deterministic"])
+    else:
+        configure(threads)

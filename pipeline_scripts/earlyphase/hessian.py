@@ -144,7 +144,7 @@ def measure(
 ) -> tuple:
     """The top eigenvalue at each of a dense run's kept states {iteration: checkpoint path}.
     Returns (iterations, results, attrs) for ``write``."""
-    dev = device.select(runtime.get("device", "auto"))
+    dev = device.select_from(runtime)
     device.set_precision("fp32")  # strict float32 whatever runtime.precision: Lanczos needs it
     ds = data.load(data_path, dev)
     x, y = sample(ds.train_x, ds.train_y, samples, seed)

@@ -196,6 +196,9 @@ _REGISTRY: dict[str, _Family] = {
     ),
 }
 KNOWN: dict[str, str] = {pattern: family.description for pattern, family in _REGISTRY.items()}
+# The paper's five networks (Table A1), in its order: what config.yaml trains (tested) and what the
+# benchmarks and GPU measurements time by default.
+PAPER_NETWORKS = ("resnet20", "resnet56", "resnet18", "vgg13", "wrn16_8")
 
 
 def _lookup(name: str) -> tuple[_Family, re.Match]:

@@ -40,7 +40,7 @@ from . import (
 )
 from .hparams import TrainingHparams
 from .metrics import write_run
-from .train import Run, RunOptions, train_runs
+from .train import Run, RunOptions, options_from_runtime, train_runs
 
 
 @dataclass(frozen=True)
@@ -262,20 +262,15 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
             grad_batch=hp.batch_size,
         )
         extra_evals += points
-    opts = RunOptions(
+    opts = options_from_runtime(
+        job.runtime,
         seed=job.seed,
         start_iteration=start,
         data_stream=job.data_stream,
-        precision=str(job.runtime.get("precision", "tf32")),
         eval_iterations=eval_schedule(total, ipe, job.eval_every, extra_evals),
         eval_subset=int(tel.get("eval_subset") or 0),
         eval_subset_until=int(tel.get("eval_subset_until", -1)),
         snapshot_iterations=sorted(int(k) for k in job.snapshots),
-        log_every=int(job.runtime.get("log_every", 100)),
-        eval_batch_size=int(job.runtime.get("eval_batch_size", 250)),
-        checkpoint_seconds=float(job.runtime.get("checkpoint_seconds", 600)),
-        compile=bool(job.runtime.get("compile", False)),
-        cuda_graphs=bool(job.runtime.get("cuda_graphs", False)),
         batch_fn=batch_fn,
     )
     return Prepared(
@@ -460,8 +455,8 @@ def run_group(
                 )
         if len(jobs) > 1 and j.out_telemetry:
             raise ValueError(f"seed {j.seed}: telemetry needs a job of its own (runs_per_job 1)")
-    device.configure(first.threads, first.runtime.get("deterministic", True))
-    dev = device.select(first.runtime.get("device", "auto"))
+    device.configure_from(first.runtime, first.threads)
+    dev = device.select_from(first.runtime)
     ds = data.load(first.data_path, dev)
     prepared = [prepare(j, ds, dev) for j in jobs]
     for p in prepared:

@@ -151,7 +151,7 @@ def measure(
     """Interpolate between the two copies' final weights; ``run`` = network, seed, level,
     rewind_iteration (checked against both copies' files). Returns the curve with the attrs
     that ``write`` stores, the endpoint check included."""
-    dev = device.select(runtime.get("device", "auto"))
+    dev = device.select_from(runtime)
     ds = data.load(data_path, dev)
     states, recorded = [], []
     for copy, final, mfile in zip(COPIES, finals, metrics_files, strict=True):
@@ -182,7 +182,7 @@ def measure(
         remaining = float(attrs.get("weights_remaining_fraction", 1.0))
     model = models.build(run["network"]).to(dev, memory_format=torch.channels_last)
     normalise = augment.Normalise(hparams["mean"], hparams["std"], dev)
-    eval_batch = int(runtime.get("eval_batch_size", 250))
+    eval_batch = train.options_from_runtime(runtime, seed=run["seed"]).eval_batch_size
 
     def evaluate(m):
         return train.evaluate(m, ds.test_x, ds.test_y, normalise, eval_batch, precision)

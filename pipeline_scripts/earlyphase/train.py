@@ -22,6 +22,7 @@ carried in generator state.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class RunOptions:
     data_stream: str = ""
     # Arithmetic (config runtime.precision, device.PRECISIONS): fp32, tf32 (CUDA only; fp32 on CPUs)
     # or bf16 autocast. Part of the resume fingerprint and recorded in the metrics.
-    precision: str = "fp32"
+    precision: str = "tf32"
     eval_iterations: Sequence[int] = ()  # evaluate on the test set after these many steps
     snapshot_iterations: Sequence[
         int
@@ -73,6 +74,14 @@ class RunOptions:
     batch_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y), after crop/flip
     eval_subset: int = 0  # >0: evaluations up to eval_subset_until use a fixed random test subset
     eval_subset_until: int = -1  # last iteration evaluated on the subset (telemetry's dense points)
+
+
+def options_from_runtime(runtime: dict, **per_run) -> RunOptions:
+    """RunOptions from config ``runtime`` (precision, log_every, eval_batch_size,
+    checkpoint_seconds, compile, cuda_graphs) plus the run's own fields; a key the config leaves
+    out takes RunOptions' default, which equals the schema's (tests/unit/test_schema.py)."""
+    names = {f.name for f in dataclasses.fields(RunOptions)} - set(per_run)
+    return RunOptions(**per_run, **{k: v for k, v in runtime.items() if k in names})
 
 
 @dataclass

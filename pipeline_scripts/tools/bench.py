@@ -62,7 +62,7 @@ from pipeline_scripts.earlyphase import augment, data, device, models, multirun,
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 FORMAT = "earlyphase-bench/1"
-NETWORKS = ("resnet20", "resnet56", "resnet18", "vgg13", "wrn16_8")
+NETWORKS = models.PAPER_NETWORKS
 BATCH_SIZE = {"vgg13": 64}  # Table A1 (config.yaml training.per_network); 128 otherwise
 REFERENCE = ("resnet20", "resnet56", "vgg13")  # the big nets' reference costs minutes here
 SPARSITY = 0.8  # fraction of prunable weights removed in the masked benchmark (20% remain)
@@ -320,7 +320,9 @@ def time_group(
             for seed in range(1, n + 1)
         ]
         try:
-            train.train_runs(batch, hp, network=net, method=method, on_step=clock.on_step)
+            train.train_runs(
+                batch, hp, network=net, method=method, on_step=clock.on_step, log=lambda s: None
+            )
         except _Enough:
             pass
     return clock.result()

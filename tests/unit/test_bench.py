@@ -88,3 +88,26 @@ def test_contended_windows_are_dropped_and_retimed(monkeypatch):
             clock.on_step(it)
     t = clock.result()
     assert len(t.windows) == 3 and len(t.contended) == 2 and t.others[:2] == [0.0, 1.0]
+
+
+def test_gpu_tool_grid_sizes_and_cost_on_the_cpu(tmp_path, capsys):
+    """tools.gpu (issue 12, item 7) runs end to end here (its figures mean nothing on a CPU):
+    one row per network x N x mode x precision, N one-run processes timed together, the job
+    sizes derived from the rows, and a bench-compatible section cost.py projects hours from."""
+    from pipeline_scripts.tools import gpu
+
+    out = tmp_path / "gpu"
+    argv = ["grid", "--quick", "--networks", NET, "--n", "1", "2", "--precisions", "fp32"]
+    argv += ["--also", "processes", "--share-seconds", "0.3", "--out-dir", str(out)]
+    assert gpu.main(argv) == 0
+    result = json.loads((out / "grid.json").read_text())
+    modes = sorted((r["n"], r["mode"]) for r in result["rows"])
+    assert modes == [(1, "single"), (2, "grouped"), (2, "processes")]
+    assert all(r["img_s"] > 0 and 0 < r["fraction_of_peak"] for r in result["rows"])
+    sizes = json.loads((out / "sizes.json").read_text())
+    single = next(r["img_s"] for r in result["rows"] if r["n"] == 1)
+    assert sizes["minutes_per_run"][NET] == round(50_000 * 160 / single / 60 * 1.3, 1)
+    assert sizes["runs_per_job"][NET] in (1, 2) and sizes["runs_per_job"]["default"] == 1
+    best = max(r["img_s"] for r in result["rows"])
+    assert cost.throughput(result)[NET]["train"] == best
+    assert "N=2   processes" in capsys.readouterr().out
