@@ -5,32 +5,31 @@ Run::
     python -m pipeline_scripts.tools.cost --config config.yaml [overlay.yaml ...]
                                                [--bench bench/out/bench.json] [--device-name NAME]
 
-The config files are merged and completed exactly as Snakemake does (later files override earlier
-ones key by key; ``config.schema.yaml`` fills the defaults). Jobs are counted per experiment family
-the way ``rules/common.smk`` builds the DAG of the default target:
+One source: the jobs are the DAG Snakemake itself builds for the config (``dag``: the job list of a
+dry run, ``snakemake -n``, in a scratch directory; about a minute for the paper's protocol), so the
+counts are Snakemake's by construction and a config Snakemake refuses is refused here too. The
+config files are merged over the Snakefile's config.yaml as Snakemake merges them, and
+``config.schema.yaml`` fills the defaults. Each job's runs (N for a seed-group job of
+``runtime.runs_per_job``) are costed by family, from the rule and its wildcards:
 
 ==========================  ===================================================================
-family (rule)               jobs
+family (rule)               runs
 ==========================  ===================================================================
-dense (train_dense)         networks x seeds
-imp (train_imp_level)       networks x seeds x imp.rewind_iterations x imp.levels (Figure 1)
-imp_pretrained              networks x seeds x pretrain.tasks x pretrain.epochs x imp.levels
-  (train_imp_level)         (the chains rewound to a pre-trained state, Figure 9)
-from_pretrained             networks x seeds x tasks x epochs: level 0 of those chains
-  (train_from_pretrained)
-perturb (train_perturbed)   networks x seeds x perturb.rewind_iterations x perturb.levels x
-                            variants that run (Figures 4-8)
-pretrain (pretrain)         networks x seeds x tasks x epochs, each ``epochs`` long
-sparse_pretext              networks x seeds x sparse.kinds x sparse.levels, sparse.epochs long
-sparse_train                networks x seeds x sparse.levels x (imp: pretrained;
-                            reinit, random: scratch + pretrained) (Figure 10)
-stability                   networks x seeds x stability.rewind_iterations x 2 copies x (dense
-  (train_stability_copy)    + the IMP sub-network when sparse_level is set), each k..T
+dense (train_dense)         one per network x seed, with the telemetry evaluations
+imp (train_imp_level)       IMP levels of the chains rewound to k (source rewind<k>; Figure 1)
+imp_pretrained              IMP levels of the chains rewound to a pre-trained state
+  (train_imp_level)         (source pretrain/<task>/e<E>; Figure 9)
+from_pretrained             level 0 of those chains
+perturb (train_perturbed)   perturbed branches (Figures 4-8)
+pretrain (pretrain)         pre-training runs, each ``epochs`` long
+sparse_pretext              sparse pre-training, ``pretrain.sparse.epochs`` long
+sparse_train                sparse sub-networks on CIFAR-10 (Figure 10)
+stability                   instability-analysis copies, each k..T
+  (train_stability_copy)
 interpolate                 one per copy pair: points x test images evaluated (+ the BatchNorm
                             sample per point with batchnorm: recompute)
-hessian                     networks x seeds: one job over every hessian.iterations point, each
-                            steps Hessian-vector products over samples images (HVP_STEPS
-                            training steps' worth of images each)
+hessian                     one per dense run: hessian.iterations x steps Hessian-vector
+                            products over samples images (HVP_STEPS training steps' worth each)
 ==========================  ===================================================================
 
 plus the non-training jobs (data, telemetry, summaries, figures), counted for the DAG total.
@@ -52,7 +51,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
+import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,14 +87,18 @@ RULE_OF = {
 # images are costed at the training rate times this.
 HVP_STEPS = 5.4
 MEASUREMENT_FAMILIES = ("interpolate", "hessian")  # costed, but not training jobs
+# The family of each rule's runs (train_imp_level's imp_pretrained is told by its source).
+FAMILY_OF_RULE = {rule: family for family, rule in RULE_OF.items() if family != "imp_pretrained"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_config(paths: list[str | Path], schema: str | Path = SCHEMA) -> dict:
-    """Merge config files as ``snakemake --configfile a b`` does and fill the schema defaults."""
+    """Merge config files as ``snakemake --configfile a b`` does -- over the Snakefile's own
+    config.yaml -- and fill the schema defaults."""
     from snakemake.utils import update_config, validate
 
     config: dict = {}
-    for p in paths:
+    for p in [ROOT / "config.yaml", *paths]:
         with open(p) as f:
             update_config(config, yaml.safe_load(f) or {})
     validate(config, str(schema), set_default=True)
@@ -139,155 +145,127 @@ def data_sizes(config: dict) -> tuple[int, int]:
     return int(min(n_train, base["n_train"])), int(min(n_test, base["n_test"]))
 
 
-def jobs(config: dict) -> list[dict]:
-    """Every training job of the default target: family, network, hyperparameters, evaluations."""
-    nets, seeds = config["networks"], config["seeds"]
-    imp = config["imp"]
-    rewinds, levels = sorted(imp["rewind_iterations"]), list(range(1, imp["levels"] + 1))
-    perturb = config["perturb"]
-    variants = [v for v in perturb["variants"] if perturb["run"] is None or v in perturb["run"]]
-    pre = config["pretrain"]
-    sparse = pre["sparse"]
-    tr = config["training"]
-    hps = {n: {**tr["defaults"], **tr["per_network"].get(n, {})} for n in nets}
-    every = config["evaluation"]["every_epochs"]
-    tel = config["telemetry"]
+def dag(configfiles: list[str | Path], targets: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """Every job of the DAG Snakemake builds for ``configfiles`` (merged in order over the
+    Snakefile's config.yaml) and ``targets`` (default: the default target), as (rule, wildcards),
+    read from a dry run in a scratch directory. The paper's DAG takes about a minute to plan."""
+    with tempfile.TemporaryDirectory(prefix="cost-dag-") as scratch:
+        cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", scratch]
+        cmd += ["--snakefile", str(ROOT / "Snakefile"), *targets]
+        cmd += ["--configfile", *(str(Path(c).resolve()) for c in configfiles)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise SystemExit(f"snakemake -n failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return parse_dry_run(proc.stdout)
 
+
+def parse_dry_run(text: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a ``snakemake -n`` listing names."""
     out = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if not m:
+            continue
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        out.append((m[1], dict(kv.split("=", 1) for kv in wc[1].split(", ")) if wc else {}))
+    return out
 
+
+def _base_rule(rule: str) -> tuple[str, int]:
+    """A seed-group rule (``train_imp_level_seeds1_2``) -> (its base rule, runs per job)."""
+    m = re.fullmatch(r"(\w+?)_seeds(\d+(?:_\d+)*)", rule)
+    return (m[1], len(m[2].split("_"))) if m else (rule, 1)
+
+
+def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
+    """The runs of every training, interpolation and Hessian job of ``dag_jobs`` (``dag``):
+    family, network, hyperparameters, start in the schedule, images and evaluated images."""
+    tr, pre, tel = config["training"], config["pretrain"], config["telemetry"]
+    every = config["evaluation"]["every_epochs"]
     rewinding = config["rewinding"]
-
-    def add(family, net, hp: dict, count: int, telemetry: bool = False, k=0, pre_epochs=0.0):
-        """``k``/``pre_epochs``: where the runs start in the schedule (config key rewinding)."""
-        out.append(
-            {
-                "family": family,
-                "network": net,
-                "hparams": hp,
-                "count": count,
-                "telemetry": telemetry,
-                "start_iteration": k if rewinding["schedule"] == "framework" else 0,
-                "start_epochs": pre_epochs if rewinding["pretrained"] == "framework" else 0.0,
-            }
-        )
-
-    s = len(seeds)
-    for net in nets:
-        hp = hps[net]
-        add("dense", net, hp, s, telemetry=True)
-        for k in rewinds:
-            add("imp", net, hp, s * len(levels), k=k)
-        if variants:
-            for k in perturb["rewind_iterations"]:
-                add("perturb", net, hp, s * len(perturb["levels"]) * len(variants), k=k)
-        if pre["tasks"]:
-            chains = s * len(pre["tasks"])
-            for e in pre["epochs"]:
-                add("pretrain", net, {**hp, **pre["hparams"], "epochs": float(e)}, chains)
-                add("from_pretrained", net, hp, chains, pre_epochs=float(e))
-                add("imp_pretrained", net, hp, chains * len(levels), pre_epochs=float(e))
-        if sparse["kinds"]:
-            lv, k = len(sparse["levels"]), sparse["rewind_iteration"]
-            pretext_hp = {**hp, **pre["hparams"], "epochs": float(sparse["epochs"])}
-            add("sparse_pretext", net, pretext_hp, s * len(sparse["kinds"]) * lv)
-            scratch = sum(kind != "imp" for kind in sparse["kinds"])
-            add("sparse_train", net, hp, s * scratch * lv, k=k)
-            add(
-                "sparse_train",
-                net,
-                hp,
-                s * len(sparse["kinds"]) * lv,
-                k=k,
-                pre_epochs=float(sparse["epochs"]),
-            )
-        st = config["stability"]
-        subs = 1 + (1 if st["sparse_level"] else 0)
-        for k in st["rewind_iterations"]:
-            add("stability", net, hp, s * 2 * subs, k=k)
     n_train, n_test = data_sizes(config)
-    for j in out:
-        hp = TrainingHparams.from_dict(j["hparams"])
+    hps = {n: {**tr["defaults"], **tr["per_network"].get(n, {})} for n in config["networks"]}
+    sparse_epochs = float(pre["sparse"]["epochs"])
+    runs_of: dict[tuple, int] = defaultdict(int)  # (family, net, k, pre_epochs, hp epochs, tel)
+    for rule, w in dag_jobs:
+        base, count = _base_rule(rule)
+        family = FAMILY_OF_RULE.get(base)
+        if family is None:
+            continue
+        k, pre_epochs, epochs = int(w.get("k", 0)), 0.0, None
+        if base == "train_imp_level":
+            src = re.fullmatch(r"rewind(\d+)|pretrain/\w+/e([\d.]+)", w["source"])
+            if src[1] is not None:
+                k = int(src[1])
+            else:
+                family, pre_epochs = "imp_pretrained", float(src[2])
+        elif base == "train_from_pretrained":
+            pre_epochs = float(w["epochs"])
+        elif base == "pretrain":
+            epochs = float(w["epochs"])
+        elif base == "sparse_pretext":
+            k, epochs = 0, sparse_epochs
+        elif base == "sparse_train" and w["start"] == "pretrained":
+            pre_epochs = sparse_epochs
+        runs_of[(family, w["net"], k, pre_epochs, epochs, base == "train_dense")] += count
+    out = []
+    for (family, net, k, pre_epochs, epochs, telemetry_), count in runs_of.items():
+        if family in MEASUREMENT_FAMILIES:
+            out.append(_measurement(family, net, hps[net], count, config, n_train, n_test))
+            continue
+        hp_dict = hps[net] if epochs is None else {**hps[net], **pre["hparams"], "epochs": epochs}
+        hp = TrainingHparams.from_dict(hp_dict)
         ipe, total = hp.iterations_per_epoch(n_train), hp.total_iterations(n_train)
-        start = int(j.pop("start_iteration")) + round(float(j.pop("start_epochs")) * ipe)
+        start = (k if rewinding["schedule"] == "framework" else 0) + round(
+            (pre_epochs if rewinding["pretrained"] == "framework" else 0.0) * ipe
+        )
         extra = []
-        if j["telemetry"]:
+        if telemetry_:
             extra = telemetry.schedule(
                 min(int(tel["iterations"]), total), int(tel["dense_until"]), int(tel["points"])
             )
         evals = [it for it in runs.eval_schedule(total, ipe, every, [start, *extra]) if it >= start]
-        subset = min(int(tel["eval_subset"] or n_test), n_test) if j["telemetry"] else n_test
-        j["start"] = start
-        j["iterations"] = total - start
-        j["images"] = _images(total, ipe, n_train, hp.batch_size) - _images(
-            start, ipe, n_train, hp.batch_size
+        subset = min(int(tel["eval_subset"] or n_test), n_test) if telemetry_ else n_test
+        out.append(
+            {
+                "family": family,
+                "network": net,
+                "hparams": hp_dict,
+                "count": count,
+                "telemetry": telemetry_,
+                "start": start,
+                "iterations": total - start,
+                "images": _images(total, ipe, n_train, hp.batch_size)
+                - _images(start, ipe, n_train, hp.batch_size),
+                "eval_images": sum(
+                    subset if it <= tel["eval_subset_until"] else n_test for it in evals
+                ),
+            }
         )
-        j["eval_images"] = sum(subset if it <= tel["eval_subset_until"] else n_test for it in evals)
-    out += measurement_jobs(config, hps, n_train, n_test)
     return out
 
 
-def measurement_jobs(config: dict, hps: dict, n_train: int, n_test: int) -> list[dict]:
-    """The interpolate and hessian jobs (beyond the paper) as image counts: ``eval_images`` are
-    forward passes at the evaluation rate, ``images`` training-step equivalents."""
-    out, s = [], len(config["seeds"])
-    st, he = config["stability"], config["hessian"]
-    subs = 1 + (1 if st["sparse_level"] else 0)
-    its = config["dense"]["checkpoint_iterations"] if he["iterations"] is None else he["iterations"]
-    for net, hp in hps.items():
-        if st["rewind_iterations"]:
-            bn = min(st["bn_samples"], n_train) if st["batchnorm"] == "recompute" else 0
-            out.append(
-                {
-                    "family": "interpolate",
-                    "network": net,
-                    "hparams": hp,
-                    "telemetry": False,
-                    "count": s * subs * len(st["rewind_iterations"]),
-                    "start": 0,
-                    "iterations": 0,
-                    "images": 0,
-                    "eval_images": st["points"] * (n_test + bn),
-                }
-            )
-        if its:
-            sample = min(he["samples"], n_train)
-            out.append(
-                {
-                    "family": "hessian",
-                    "network": net,
-                    "hparams": hp,
-                    "telemetry": False,
-                    "count": s,
-                    "start": 0,
-                    "iterations": 0,
-                    "images": round(len(its) * he["steps"] * sample * HVP_STEPS),
-                    "eval_images": 0,
-                }
-            )
-    return out
-
-
-def other_jobs(config: dict) -> dict:
-    """Non-training jobs of the default target (data, telemetry, summaries, figures, all)."""
-    nets, seeds = len(config["networks"]), len(config["seeds"])
-    perturb = config["perturb"]
-    variants = [v for v in perturb["variants"] if perturb["run"] is None or v in perturb["run"]]
-    tasks, sparse = config["pretrain"]["tasks"], config["pretrain"]["sparse"]["kinds"]
-    summaries = 1 + (len(perturb["rewind_iterations"]) if variants else 0) + len(tasks)
-    summaries += 1 if sparse else 0
-    figures = 2 + (5 if variants else 0) + (1 if tasks else 0) + (1 if sparse else 0)
+def _measurement(family, net, hp, count, config, n_train, n_test) -> dict:
+    """An interpolate or hessian job as image counts: ``eval_images`` are forward passes at the
+    evaluation rate, ``images`` training-step equivalents."""
     st, he = config["stability"], config["hessian"]
     its = config["dense"]["checkpoint_iterations"] if he["iterations"] is None else he["iterations"]
-    beyond = (2 if st["rewind_iterations"] else 0) + (2 if its else 0)  # summary + figure each
+    images, eval_images = 0, 0
+    if family == "interpolate":
+        bn = min(st["bn_samples"], n_train) if st["batchnorm"] == "recompute" else 0
+        eval_images = st["points"] * (n_test + bn)
+    else:
+        images = round(len(its) * he["steps"] * min(he["samples"], n_train) * HVP_STEPS)
     return {
-        "prepare_data": 1,
-        "telemetry_run": nets * seeds,
-        "summarise_telemetry": nets,
-        "summarise": nets * summaries,
-        "figures": nets * figures + 1,  # + figure A3 over all networks
-        "summaries_and_figures_beyond": nets * beyond,
-        "claims": 1,
-        "all": 1,
+        "family": family,
+        "network": net,
+        "hparams": hp,
+        "telemetry": False,
+        "count": count,
+        "start": 0,
+        "iterations": 0,
+        "images": images,
+        "eval_images": eval_images,
     }
 
 
@@ -303,11 +281,12 @@ def throughput(bench: dict) -> dict[str, dict]:
     return out
 
 
-def estimate(config: dict, bench: dict | None = None) -> dict:
+def estimate(config: dict, dag_jobs: list[tuple[str, dict]], bench: dict | None = None) -> dict:
+    """Runs, iterations, images and device-hours of ``dag_jobs`` (``dag``) under ``config``."""
     rates = throughput(bench) if bench else {}
     families: dict[str, Family] = {f: Family() for f in RULE_OF}
     n_train, n_test = data_sizes(config)
-    for j in jobs(config):
+    for j in jobs(config, dag_jobs):
         f = families[j["family"]]
         c = j["count"]
         f.jobs += c
@@ -334,7 +313,10 @@ def estimate(config: dict, bench: dict | None = None) -> dict:
     measuring: dict[str, int] = defaultdict(int)
     for name, f in fams.items():
         (measuring if name in MEASUREMENT_FAMILIES else rules)[f["rule"]] += f["jobs"]
-    other = other_jobs(config)
+    other: dict[str, int] = defaultdict(int)
+    for rule, _ in dag_jobs:
+        if _base_rule(rule)[0] not in FAMILY_OF_RULE:
+            other[rule] += 1
     training_jobs = sum(rules.values())
     hours = [f["device_hours"] for f in fams.values()]
     return {
@@ -344,8 +326,8 @@ def estimate(config: dict, bench: dict | None = None) -> dict:
         "training_jobs_by_rule": dict(rules),
         "training_jobs": training_jobs,
         "measurement_jobs_by_rule": dict(measuring),
-        "other_jobs": other,
-        "total_jobs": training_jobs + sum(measuring.values()) + sum(other.values()),
+        "other_jobs": dict(other),
+        "total_jobs": len(dag_jobs),
         "total_iterations": sum(f["iterations"] for f in fams.values()),
         "total_images": sum(f["images"] for f in fams.values()),
         "device_hours": sum(hours) if hours and None not in hours else None,
@@ -407,12 +389,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the estimate here")
     args = p.parse_args(argv)
     config = load_config(args.config)
+    dag_jobs = dag(args.config)
     bench = json.loads(Path(args.bench).read_text()) if args.bench else None
     name = args.device_name
     if bench and not name:
         m = bench.get("machine", {})
         name = f"{m.get('device', '?')} ({m.get('cpu', '?')}, {m.get('threads', '?')} threads)"
-    est = estimate(copy.deepcopy(config), bench)
+    est = estimate(copy.deepcopy(config), dag_jobs, bench)
     print(report(est, name))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

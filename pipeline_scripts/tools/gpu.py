@@ -191,7 +191,7 @@ def sizes(result: dict, n_train: int = 50_000, epochs: int = 160, margin: float 
 
 def accuracy(args, log=print) -> dict:
     """ResNet-20 trained for the paper's 160 epochs, one seed at a time, default precision."""
-    config = cost.load_config(["config.yaml"])
+    config = cost.load_config([])
     hp = config_check.hparams(config, "resnet20")
     rt = {**config["runtime"], "deterministic": False}  # cudnn.benchmark: the fast kernels
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -221,7 +221,7 @@ def accuracy(args, log=print) -> dict:
 
 def imp(args, log=print) -> dict:
     """One seed of ResNet-20's IMP chains rewound to 0 and to 500, down to 16.8% of weights."""
-    config = copy.deepcopy(cost.load_config(["config.yaml"]))
+    config = copy.deepcopy(cost.load_config([]))
     hp = config_check.hparams(config, "resnet20")
     rt = {**config["runtime"], "deterministic": False}
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
         (outdir / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
     if args.cmd == "sizes":  # only what a job runs: the config's precision and graphs switch
-        rt = cost.load_config(["config.yaml"])["runtime"]
+        rt = cost.load_config([])["runtime"]
         args.precisions, args.graphs, args.also = [rt["precision"]], [rt["cuda_graphs"]], []
     if args.cmd in ("grid", "sizes", "all"):
         if args.mps and shutil.which("nvidia-cuda-mps-control"):
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
         print("# config runtime: measured on " + result["device"])
         print(json.dumps(sz, indent=1))
         if args.cmd == "all":
-            est = cost.estimate(cost.load_config(["config.yaml"]), result)
+            est = cost.estimate(cost.load_config([]), cost.dag([]), result)
             write("cost", est)
             print(cost.report(est, result["device"]))
             if args.data:

@@ -1,6 +1,7 @@
-"""The cost estimate counts the jobs Snakemake plans. The constants were measured with
-``snakemake -n --quiet rules`` on the repository's configs (not run here: planning the paper-scale
-DAG takes minutes)."""
+"""The cost estimate is counted from the DAG Snakemake itself plans (``cost.dag``: a dry run's job
+list), so its job counts are Snakemake's by construction; these tests check the per-job arithmetic
+(iterations, images, evaluations, device-hours) on real dry runs of small configs, and the paper's
+DAG once (about a minute to plan)."""
 
 from pathlib import Path
 
@@ -33,9 +34,14 @@ PRESET_RULES = {
 }  # fmt: skip
 
 
+def _estimate(*configs, bench=None):
+    paths = [ROOT / "config.yaml", *configs]
+    return cost.estimate(cost.load_config(paths), cost.dag(paths), bench)
+
+
 @pytest.fixture(scope="module")
 def paper():
-    return cost.estimate(cost.load_config([ROOT / "config.yaml"]))
+    return _estimate()
 
 
 def test_paper_protocol_job_counts_match_snakemake(paper):
@@ -67,7 +73,7 @@ def test_paper_protocol_iterations(paper):
 @pytest.mark.parametrize("preset", sorted(PRESET_RULES))
 def test_preset_job_counts_match_snakemake(preset):
     rules, total = PRESET_RULES[preset]
-    est = cost.estimate(cost.load_config([ROOT / "config.yaml", ROOT / f"config/{preset}.yaml"]))
+    est = _estimate(ROOT / f"config/{preset}.yaml")
     assert est["training_jobs_by_rule"] == rules
     assert est["total_jobs"] == total
 
@@ -92,7 +98,7 @@ def test_device_hours_follow_the_formula(tmp_path):
             }
         }
     }
-    est = cost.estimate(cost.load_config([cfg]), bench)
+    est = _estimate(cfg, bench=bench)
     assert est["training_jobs_by_rule"] == {"train_dense": 1, "train_imp_level": 1}
     # 20 iterations x 128 images per job; dense evaluates at 0, 10, 20 plus telemetry 1, 2, 4.
     dense = est["families"]["dense"]
@@ -115,8 +121,9 @@ def test_rewound_jobs_are_costed_from_k(tmp_path, schedule, iterations):
         "imp: {rewind_iterations: [4], levels: 1}\ndense: {checkpoint_iterations: [0, 4]}\n"
         f"rewinding: {{schedule: {schedule}}}\n"
         "perturb: {run: []}\npretrain: {tasks: [], sparse: {kinds: []}}\n"
+        "stability: {rewind_iterations: []}\nhessian: {iterations: []}\n"
     )
-    imp = cost.estimate(cost.load_config([cfg]))["families"]["imp"]
+    imp = _estimate(cfg)["families"]["imp"]
     assert imp["iterations"] == iterations and imp["images"] == iterations * 128
 
 
@@ -138,20 +145,45 @@ def test_beyond_the_paper_jobs_are_costed(tmp_path):
         "stability: {rewind_iterations: [0, 4], sparse_level: 1, points: 7}\n"
         "hessian: {samples: 256, steps: 3}\n"
     )
-    est = cost.estimate(cost.load_config([cfg]))
+    est = _estimate(cfg)
     st = est["families"]["stability"]
     assert st["jobs"] == 2 * 2 * 2 * 2  # seeds x k x copies x (dense + sparse)
     assert st["iterations"] == 2 * 2 * 2 * (20 + 16)  # T - k for k = 0, 4
     assert est["measurement_jobs_by_rule"] == {"interpolate": 8, "hessian": 2}
     assert est["families"]["interpolate"]["eval_images"] == 8 * 7 * 100
     assert est["families"]["hessian"]["images"] == 2 * round(2 * 3 * 256 * cost.HVP_STEPS)
-    assert est["other_jobs"]["summaries_and_figures_beyond"] == 4
+    assert est["other_jobs"]["summarise_stability"] == est["other_jobs"]["summarise_hessian"] == 1
 
 
-def test_readme_states_the_planned_job_counts():
+def test_readme_states_the_planned_job_counts(paper):
     """The README's DAG size is the one Snakemake plans (PAPER_RULES above were measured with
     `snakemake -n`; test_workflow.py re-checks them against a live dry run)."""
     readme = (ROOT / "README.md").read_text()
-    total = cost.estimate(cost.load_config([ROOT / "config.yaml"]))["total_jobs"]
+    total = paper["total_jobs"]
     assert f"**{total:,} jobs**" in readme
     assert f"the full {total:,} jobs" in readme and f"full {total:,}-job DAG" in readme
+
+
+def test_grouped_jobs_count_their_runs():
+    """A seed-group job (runtime.runs_per_job) is one DAG job of N runs, costed as N runs."""
+    listing = """
+rule train_imp_level_seeds1_2:
+    wildcards: net=resnet20, source=rewind500, level=3
+    resources: tmpdir=/tmp
+
+rule train_dense:
+    wildcards: net=resnet20, seed=3
+localrule all:
+    input: x
+"""
+    dag_jobs = cost.parse_dry_run(listing)
+    assert dag_jobs == [
+        ("train_imp_level_seeds1_2", {"net": "resnet20", "source": "rewind500", "level": "3"}),
+        ("train_dense", {"net": "resnet20", "seed": "3"}),
+        ("all", {}),
+    ]
+    est = cost.estimate(cost.load_config([]), dag_jobs)
+    assert est["training_jobs_by_rule"] == {"train_imp_level": 2, "train_dense": 1}
+    assert est["total_jobs"] == 3 and est["other_jobs"] == {"all": 1}
+    ipe = 391
+    assert est["families"]["imp"]["iterations"] == 2 * (160 * ipe - 500)
