@@ -8,8 +8,9 @@ inputs/outputs onto ``runs.Job`` and takes everything else from the rule's ``par
 (iteration-0 weights for perturbations). Named outputs: final, metrics, mask, telemetry,
 checkpoints (one per params.job["snapshot_iterations"]).
 
-With ``runtime.runs_per_job`` > 1 a rule covers several seeds (``params.seeds``): every named
-input and output is then a list with one entry per seed, and the runs train together
+With ``runtime.runs_per_job`` > 1 (or ``variants_per_job`` > 1 for train_perturbed) a rule covers
+several runs (``params.members``: each run's seed and variant): every named input and output and
+``params.job`` are then lists with one entry per run, and the runs train together
 (runs.run_group). ``runtime`` comes from the config, not from params: it says how jobs run, not
 what they compute, so changing it re-runs nothing.
 """
@@ -24,25 +25,26 @@ from pipeline_scripts.earlyphase import runs  # noqa: E402
 
 smk = snakemake  # noqa: F821
 i, o = smk.input, smk.output
-spec = dict(smk.params.job)
 runtime = smk.config["runtime"]
-seeds = smk.params.get("seeds")
+members = smk.params.get("members") or []  # grouped: one {seed, variant} per run
 
 
 def pick(value, j):
-    """The j-th seed's file of a grouped rule (value is a list), or the file itself."""
+    """The j-th run's file of a grouped rule (value is a list), or the file itself."""
     return value if value is None or j is None else value[j]
 
 
-def job(seed, j=None):
-    spec_j = dict(spec)
+def job(j=None):
+    """runs.Job of the j-th run of a grouped rule, or of the rule's one run (j None)."""
+    member = members[j] if j is not None else {}
+    spec = dict(smk.params.job[j] if j is not None else smk.params.job)
     ckpts = list(o.get("checkpoints") or []) if j is None else []  # dense runs: never grouped
-    snapshots = dict(zip(spec_j.pop("snapshot_iterations", []), ckpts, strict=True))
+    snapshots = dict(zip(spec.pop("snapshot_iterations", []), ckpts, strict=True))
     final = pick(o.final, j)
     prev_final = pick(i.get("prev_final"), j)
     return runs.Job(
         network=smk.wildcards.net,
-        seed=int(seed),
+        seed=int(member.get("seed", smk.wildcards.get("seed"))),
         data_path=i.data,
         out_final=final,
         out_metrics=pick(o.metrics, j),
@@ -58,13 +60,13 @@ def job(seed, j=None):
         random_mask_like=pick(i.get("mask_like"), j),
         perturb_init0=pick(i.get("init0"), j),
         prune_from=(prev_final, pick(i.get("prev_mask"), j)) if prev_final else None,
-        **spec_j,
+        **spec,
     )
 
 
-if seeds is None:
-    runs.run(job(smk.wildcards.seed), log=log)
+if not members:
+    runs.run(job(), log=log)
 else:
     runs.run_group(
-        [job(s, j) for j, s in enumerate(seeds)], method=runtime["multirun_method"], log=log
+        [job(j) for j in range(len(members))], method=runtime["multirun_method"], log=log
     )

@@ -33,7 +33,7 @@ for _seeds, _nets in SEED_GROUPS:
         resources:
             **gpu_job_resources("train", _seeds),
         params:
-            job=imp_job,
-            seeds=_seeds,
+            job=per_run_params(imp_job, _seeds),
+            members=members(_seeds),
         script:
             "../pipeline_scripts/train_job.py"

@@ -32,8 +32,8 @@ for _seeds, _nets in SEED_GROUPS:
         resources:
             **gpu_job_resources("pretrain", _seeds),
         params:
-            job=pretrain_job,
-            seeds=_seeds,
+            job=per_run_params(pretrain_job, _seeds),
+            members=members(_seeds),
         script:
             "../pipeline_scripts/train_job.py"
 
@@ -73,8 +73,8 @@ for _seeds, _nets in SEED_GROUPS:
         resources:
             **gpu_job_resources("train", _seeds),
         params:
-            job=level0_job,
-            seeds=_seeds,
+            job=per_run_params(level0_job, _seeds),
+            members=members(_seeds),
         script:
             "../pipeline_scripts/train_job.py"
 
@@ -118,8 +118,8 @@ for _seeds, _nets in SEED_GROUPS:
         resources:
             **gpu_job_resources("sparse_pretext", _seeds),
         params:
-            job=sparse_pretext_job,
-            seeds=_seeds,
+            job=per_run_params(sparse_pretext_job, _seeds),
+            members=members(_seeds),
         script:
             "../pipeline_scripts/train_job.py"
 
@@ -163,7 +163,7 @@ for _seeds, _nets in SEED_GROUPS:
         resources:
             **gpu_job_resources("train", _seeds),
         params:
-            job=sparse_job,
-            seeds=_seeds,
+            job=per_run_params(sparse_job, _seeds),
+            members=members(_seeds),
         script:
             "../pipeline_scripts/train_job.py"

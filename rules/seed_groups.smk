@@ -1,4 +1,7 @@
 # ---- job sizing: several runs per training job, and each GPU job's resources (issue 12) ---------
+# runtime.variants_per_job V > 1 also batches the perturbation variants of one (k, level):
+# train_perturbed is then defined once per (seed group, chunk of V variants), its jobs training
+# seeds x variants runs (named <rule>[_seeds...]_v<V>g<index>).
 # runtime.runs_per_job N (an integer, or per network: {resnet20: 8, default: 1}) makes the
 # training rules but train_dense train N seeds of one network together (train.train_runs). Such
 # a rule is defined once per seed group (named <rule>_seeds<a>_<b>..., net constrained to the
@@ -7,6 +10,8 @@
 # Only public API: `name:` and `wildcard_constraints:` in generated rules, and every GPU job's
 # threads and resources declared in the rule itself (gpu_job_resources), not copied from the
 # profile, so a one-run job and an N-run job are sized by the same function.
+
+import itertools
 
 RUNS_PER_JOB = config_check.runs_per_job(config)  # {network: N}
 
@@ -26,9 +31,25 @@ SEED_GROUPS = _seed_groups()
 _ALL_ONE = all(n == 1 for n in RUNS_PER_JOB.values())
 
 
-def group_name(base, seeds):
-    """The rule's name for a seed group (the base name for one-run jobs)."""
-    return base if seeds is None else f"{base}_seeds" + "_".join(str(s) for s in seeds)
+VARIANTS_PER_JOB = config["runtime"]["variants_per_job"]
+# Perturbation variants of one (k, level) trained together (runtime.variants_per_job): chunks of the
+# variants that run, in their order; None = the one-variant rule with a {variant} wildcard.
+VARIANT_GROUPS = (
+    [None]
+    if VARIANTS_PER_JOB == 1
+    else [
+        list(VARIANTS)[i : i + VARIANTS_PER_JOB] for i in range(0, len(VARIANTS), VARIANTS_PER_JOB)
+    ]
+)
+
+
+def group_name(base, seeds, variants=None):
+    """The rule's name for a group (the base name for one-run jobs): _seeds<a>_<b> for a seed
+    group, _v<size>g<index> for a variant group (tools/cost.py reads the run count from it)."""
+    name = base if seeds is None else f"{base}_seeds" + "_".join(str(s) for s in seeds)
+    if variants is not None:
+        name += f"_v{len(variants)}g{VARIANT_GROUPS.index(variants)}"
+    return name
 
 
 def group_nets(nets):
@@ -37,40 +58,72 @@ def group_nets(nets):
     return "[a-z][a-z0-9_]*" if _ALL_ONE else "|".join(sorted(nets))
 
 
-def per_seed(pattern, seeds):
-    """An input/output pattern for a seed group: one file per seed (or the pattern itself)."""
-    if seeds is None:
-        return pattern
-    return [pattern.replace("{seed}", str(s)) for s in seeds]
+def members(seeds, variants=None):
+    """The runs of a group's job: one {seed, variant} substitution each (an empty list: a
+    one-run rule whose paths keep their wildcards)."""
+    if seeds is None and variants is None:
+        return []
+    return [
+        {
+            **({"seed": str(s)} if s is not None else {}),
+            **({"variant": v} if v is not None else {}),
+        }
+        for s in (seeds or [None])
+        for v in (variants or [None])
+    ]
 
 
-def per_group(pattern, seeds):
-    """A log/benchmark pattern: one file per job (seed{seed} -> seeds1_2)."""
-    if seeds is None:
-        return pattern
-    return pattern.replace("seed{seed}", "seeds" + "_".join(str(s) for s in seeds))
+def _substitute(pattern, member):
+    for key, value in member.items():
+        pattern = pattern.replace("{" + key + "}", value)
+    return pattern
 
 
-class _SeedWildcards:
-    """A job's wildcards plus one seed of its group, for the per-seed input functions."""
+def per_seed(pattern, seeds, variants=None):
+    """An input/output pattern for a group: one file per run (or the pattern itself)."""
+    runs = members(seeds, variants)
+    return [_substitute(pattern, m) for m in runs] if runs else pattern
 
-    def __init__(self, wildcards, seed):
-        self.__dict__.update(dict(wildcards.items()), seed=str(seed))
+
+def per_group(pattern, seeds, variants=None):
+    """A log/benchmark pattern: one file per job (seed{seed} -> seeds1_2, {variant} ->
+    variants_<first>..<last>)."""
+    if seeds is not None:
+        pattern = pattern.replace("seed{seed}", "seeds" + "_".join(str(s) for s in seeds))
+    if variants is not None:
+        pattern = pattern.replace("{variant}", f"variants_{variants[0]}..{variants[-1]}")
+    return pattern
 
 
-def per_seed_inputs(fn, seeds):
-    """A named-input function for a seed group: each name maps to one file per seed."""
-    if seeds is None:
+class _MemberWildcards:
+    """A job's wildcards plus one run's seed and variant, for the per-run functions."""
+
+    def __init__(self, wildcards, member):
+        self.__dict__.update(dict(wildcards.items()), **member)
+
+
+def per_seed_inputs(fn, seeds, variants=None):
+    """A named-input function for a group: each name maps to one file per run."""
+    runs = members(seeds, variants)
+    if not runs:
         return fn
 
     def inputs(wildcards):
         out = {}
-        for s in seeds:
-            for name, path in fn(_SeedWildcards(wildcards, s)).items():
+        for m in runs:
+            for name, path in fn(_MemberWildcards(wildcards, m)).items():
                 out.setdefault(name, []).append(path)
         return out
 
     return inputs
+
+
+def per_run_params(fn, seeds, variants=None):
+    """A params function for a group: one value per run (its own seed's and variant's)."""
+    runs = members(seeds, variants)
+    if not runs:
+        return fn
+    return lambda wildcards: [fn(_MemberWildcards(wildcards, m)) for m in runs]
 
 
 # ---- resources of the GPU jobs (training, interpolation, Hessian) -----------------------------
@@ -112,9 +165,9 @@ def job_minutes(stage, net, runs=1, epochs=None):
     return int(per_run * share * runs + extra)
 
 
-def gpu_job_resources(stage, seeds=None):
-    """The resources of a GPU job of ``stage`` training ``seeds`` (None: one run)."""
-    runs = 1 if seeds is None else len(seeds)
+def gpu_job_resources(stage, seeds=None, variants=None):
+    """The resources of a GPU job of ``stage`` training the runs of a group (None: one run)."""
+    runs = max(1, len(members(seeds, variants)))
 
     def runtime(wildcards, attempt):
         return job_minutes(stage, wildcards.net, runs, wildcards.get("epochs")) * attempt

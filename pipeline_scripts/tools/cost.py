@@ -172,9 +172,11 @@ def parse_dry_run(text: str) -> list[tuple[str, dict]]:
 
 
 def _base_rule(rule: str) -> tuple[str, int]:
-    """A seed-group rule (``train_imp_level_seeds1_2``) -> (its base rule, runs per job)."""
-    m = re.fullmatch(r"(\w+?)_seeds(\d+(?:_\d+)*)", rule)
-    return (m[1], len(m[2].split("_"))) if m else (rule, 1)
+    """A group rule (``train_imp_level_seeds1_2``, ``train_perturbed_seeds1_2_v4g0``; rules/
+    seed_groups.smk) -> (its base rule, runs per job)."""
+    m = re.fullmatch(r"(\w+?)(?:_seeds(\d+(?:_\d+)*))?(?:_v(\d+)g\d+)?", rule)
+    seeds = len(m[2].split("_")) if m[2] else 1
+    return m[1], seeds * (int(m[3]) if m[3] else 1)
 
 
 def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:

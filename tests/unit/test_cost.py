@@ -187,3 +187,10 @@ localrule all:
     assert est["total_jobs"] == 3 and est["other_jobs"] == {"all": 1}
     ipe = 391
     assert est["families"]["imp"]["iterations"] == 2 * (160 * ipe - 500)
+
+
+def test_group_rule_names_give_their_run_counts():
+    assert cost._base_rule("train_dense") == ("train_dense", 1)
+    assert cost._base_rule("train_imp_level_seeds1_2_3") == ("train_imp_level", 3)
+    assert cost._base_rule("train_perturbed_v4g1") == ("train_perturbed", 4)
+    assert cost._base_rule("train_perturbed_seeds4_5_v3g0") == ("train_perturbed", 6)

@@ -62,3 +62,31 @@ def test_no_writes_into_snakemakes_private_state_and_a_minimum_version():
     for path in sources:
         assert "_parsed_overwrite" not in path.read_text(), path
     assert re.search(r'^min_version\("9\.\d+"\)', (ROOT / "Snakefile").read_text(), re.M)
+
+
+def test_perturbation_variants_train_together_with_the_same_outputs(smoke_run, tmp_path):
+    """runtime.variants_per_job = 2: the variants of one (k, level) are one job of two runs (each
+    its own perturbation, files and metrics), equal to the one-variant jobs to float tolerance."""
+    import h5py
+    import pytest
+    from test_workflow import smk
+
+    out, _ = smoke_run
+    overlay = tmp_path / "variants.yaml"
+    overlay.write_text("runtime: {variants_per_job: 2}\n")
+    work = tmp_path / "grouped"
+    args = ["--profile", "profiles/smoke", "--directory", str(work)]
+    args += ["--configfile", "config.yaml", "config/smoke.yaml", str(overlay)]
+    branch = "results/resnet8_w4/seed1/perturb/rewind4/level2"
+    variants = ["signs_k_mags_0", "shuffle_layer"]  # the first chunk of the smoke run's variants
+    smk(*[f"{branch}/{v}/metrics.h5" for v in variants], *args)
+    logs = work / "logs/resnet8_w4/seed1/perturb/rewind4/level2"
+    log = (logs / "variants_signs_k_mags_0..shuffle_layer" / "train.log").read_text()
+    assert "training 2 runs together (grouped)" in log
+    for v in variants:
+        alone, grouped = out / branch / v / "metrics.h5", work / branch / v / "metrics.h5"
+        with h5py.File(alone) as a, h5py.File(grouped) as g:
+            assert g.attrs["series"] == v and g.attrs["runs_per_job"] == 2
+            assert g.attrs["perturbation"] == a.attrs["perturbation"]
+            assert g.attrs["effective_std"] == a.attrs["effective_std"]  # the same perturbation
+            assert g["eval/accuracy"][-1] == pytest.approx(a["eval/accuracy"][-1], abs=0.02)
