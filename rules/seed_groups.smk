@@ -43,10 +43,14 @@ VARIANT_GROUPS = (
 )
 
 
+def _joined(seeds):
+    return "_".join(str(s) for s in seeds)
+
+
 def group_name(base, seeds, variants=None):
     """The rule's name for a group (the base name for one-run jobs): _seeds<a>_<b> for a seed
     group, _v<size>g<index> for a variant group (tools/cost.py reads the run count from it)."""
-    name = base if seeds is None else f"{base}_seeds" + "_".join(str(s) for s in seeds)
+    name = base if seeds is None else f"{base}_seeds{_joined(seeds)}"
     if variants is not None:
         name += f"_v{len(variants)}g{VARIANT_GROUPS.index(variants)}"
     return name
@@ -75,7 +79,7 @@ def members(seeds, variants=None):
 
 def _substitute(pattern, member):
     for key, value in member.items():
-        pattern = pattern.replace("{" + key + "}", value)
+        pattern = pattern.replace(f"{{{key}}}", value)
     return pattern
 
 
@@ -89,7 +93,7 @@ def per_group(pattern, seeds, variants=None):
     """A log/benchmark pattern: one file per job (seed{seed} -> seeds1_2, {variant} ->
     variants_<first>..<last>)."""
     if seeds is not None:
-        pattern = pattern.replace("seed{seed}", "seeds" + "_".join(str(s) for s in seeds))
+        pattern = pattern.replace("seed{seed}", f"seeds{_joined(seeds)}")
     if variants is not None:
         pattern = pattern.replace("{variant}", f"variants_{variants[0]}..{variants[-1]}")
     return pattern
