@@ -1,8 +1,10 @@
 """The README's "Extending it" recipes, followed to the letter on a copy of the repository: a new
-network, a new perturbation kind and a new pre-training task are added exactly as documented, the
-schema/registry test still passes, and the DAG plans and runs them on generated data. If a recipe
+network, a new perturbation kind, a new pre-training task and a new experiment family (a toy one:
+dense runs at a fraction of the learning rate) are added exactly as documented, the schema/registry
+test still passes, and the DAG plans and runs them on generated data. If a recipe
 stops working (a registry moves, a step is missing from the README), this test fails."""
 
+import json
 import re
 import subprocess
 import sys
@@ -56,6 +58,53 @@ TASK = (
 
 ''',
 )
+# A new experiment family, step by step (README "A new experiment family"): config key + schema,
+# functions-only rules/common_<family>.smk, rules-only rules/<family>.smk, both included, targets
+# in all_targets(), training through train_job.py with a params.job dict, GPU resources, costed.
+FAMILY_CONFIG = """
+halflr:                 # the recipe's toy family: dense runs at a fraction of the learning rate
+  factor: 0.5
+"""
+FAMILY_SCHEMA = """  halflr:
+    type: object
+    additionalProperties: false
+    default: {}
+    description: "toy family: dense runs at a fraction of the learning rate"
+    properties:
+      factor: {type: number, exclusiveMinimum: 0, default: 0.5, description: "lr factor"}
+"""
+FAMILY_COMMON = """# The toy family's params and targets (functions only).
+HALFLR = config["halflr"]
+
+
+def halflr_job(wildcards):
+    job = _job(wildcards, attrs={"experiment": "halflr"})
+    job["hparams"] = {**job["hparams"], "lr": job["hparams"]["lr"] * HALFLR["factor"]}
+    return job
+
+
+def halflr_targets():
+    return expand("results/{net}/seed{seed}/halflr/metrics.h5", net=NETWORKS, seed=SEEDS)
+"""
+FAMILY_RULES = """# The toy family's rules.
+
+
+rule train_halflr:
+    input:
+        data=DATA_FILE,
+    output:
+        final="results/{net}/seed{seed}/halflr/final.pt",
+        metrics="results/{net}/seed{seed}/halflr/metrics.h5",
+    log:
+        "logs/{net}/seed{seed}/halflr/train.log",
+    threads: JOB_THREADS
+    resources:
+        **gpu_job_resources("train"),
+    params:
+        job=halflr_job,
+    script:
+        "../pipeline_scripts/train_job.py"
+"""
 CONFIG = """
 networks: [mlp32]
 seeds: [1]
@@ -148,6 +197,35 @@ def extended(tmp_path_factory):
         "task: {enum: [random_labels,",
         "task: {enum: [invert, random_labels,",
     )
+    # a new experiment family
+    (root / "config.yaml").write_text((root / "config.yaml").read_text() + FAMILY_CONFIG)
+    replace(root, "config.schema.yaml", "  runtime:\n", FAMILY_SCHEMA + "  runtime:\n")
+    (root / "rules/common_halflr.smk").write_text(FAMILY_COMMON)
+    (root / "rules/halflr.smk").write_text(FAMILY_RULES)
+    replace(
+        root,
+        "Snakefile",
+        'include: "rules/targets.smk"\n',
+        'include: "rules/common_halflr.smk"\ninclude: "rules/targets.smk"\n',
+    )
+    replace(
+        root,
+        "Snakefile",
+        'include: "rules/summaries.smk"\n',
+        'include: "rules/halflr.smk"\ninclude: "rules/summaries.smk"\n',
+    )
+    replace(
+        root,
+        "rules/targets.smk",
+        "    targets += stability_targets() + sharpness_targets()",
+        "    targets += halflr_targets()\n    targets += stability_targets() + sharpness_targets()",
+    )
+    replace(
+        root,
+        "pipeline_scripts/tools/cost.py",
+        '    "dense": "train_dense",\n',
+        '    "dense": "train_dense",\n    "halflr": "train_halflr",\n',
+    )
     (root / "recipe.yaml").write_text(CONFIG)
     return root
 
@@ -177,6 +255,7 @@ def test_recipes_plan_and_run(extended):
         "results/mlp32/seed1/imp/rewind4/level1/metrics.h5",
         "results/mlp32/seed1/perturb/rewind4/level1/flip_half/metrics.h5",
         "results/mlp32/seed1/pretrain/invert/e1/state.pt",
+        "results/mlp32/seed1/halflr/metrics.h5",
     ]
     cmd = [
         *SNAKEMAKE,
@@ -202,3 +281,17 @@ def test_recipes_plan_and_run(extended):
     assert (out / targets[2]).is_file()
     log = (out / "logs/mlp32/seed1/pretrain/invert/e1/train.log").read_text()
     assert re.search(r"done: mlp32 seed 1", log)
+    # the new family: trained at half the learning rate, and costed from the planned DAG
+    dense = out / "results/mlp32/seed1/dense/metrics.h5"
+    with h5py.File(out / targets[3]) as f, h5py.File(dense) as d:
+        assert f.attrs["experiment"] == "halflr"
+        assert json.loads(f.attrs["hparams"])["lr"] == json.loads(d.attrs["hparams"])["lr"] / 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline_scripts.tools.cost", "--config", "recipe.yaml"],
+        cwd=extended,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^halflr\s+train_halflr\s+1\s", proc.stdout, re.M), proc.stdout
