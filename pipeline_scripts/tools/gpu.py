@@ -189,17 +189,29 @@ def sizes(result: dict, n_train: int = 50_000, epochs: int = 160, margin: float 
             "runs_per_job": {**per_job, "default": 1}}  # fmt: skip
 
 
+def _hparams(config: dict, args) -> dict:
+    """The network's Table A1 hyperparameters from config.yaml; --epochs shortens (tests only)."""
+    hp = config_check.hparams(config, args.network)
+    if not args.epochs:
+        return hp
+    return {
+        **hp,
+        "epochs": args.epochs,
+        "milestones": [m for m in hp["milestones"] if m < args.epochs],
+    }
+
+
 def accuracy(args, log=print) -> dict:
     """ResNet-20 trained for the paper's 160 epochs, one seed at a time, default precision."""
     config = cost.load_config([])
-    hp = config_check.hparams(config, "resnet20")
+    hp = _hparams(config, args)
     rt = {**config["runtime"], "deterministic": False}  # cudnn.benchmark: the fast kernels
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
            "precision": rt["precision"], "paper_table_a1": PAPER_RESNET20, "runs": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             w = Path(tmp) / f"s{seed}"
-            job = runs.Job(network="resnet20", seed=seed, data_path=args.data, hparams=hp,
+            job = runs.Job(network=args.network, seed=seed, data_path=args.data, hparams=hp,
                            runtime=rt, eval_every=16, workdir=str(w / "resume"),
                            out_final=str(w / "final.pt"), out_metrics=str(w / "metrics.h5"),
                            threads=os.cpu_count() or 1)  # fmt: skip
@@ -213,7 +225,7 @@ def accuracy(args, log=print) -> dict:
             out["runs"].append({"seed": seed, "accuracy": acc, "wall_s": wall})
     accs = [100 * r["accuracy"] for r in out["runs"]]
     out["mean"], out["std"] = statistics.mean(accs), statistics.pstdev(accs)
-    log(f"ResNet-20 160 epochs on {out['device']} ({rt['precision']}): "
+    log(f"{args.network} {hp['epochs']:g} epochs on {out['device']} ({rt['precision']}): "
         f"{out['mean']:.2f} +- {out['std']:.2f}% (paper 91.5 +- 0.2), "
         f"{statistics.median(r['wall_s'] for r in out['runs']):.0f} s per run")  # fmt: skip
     return out
@@ -222,7 +234,7 @@ def accuracy(args, log=print) -> dict:
 def imp(args, log=print) -> dict:
     """One seed of ResNet-20's IMP chains rewound to 0 and to 500, down to 16.8% of weights."""
     config = copy.deepcopy(cost.load_config([]))
-    hp = config_check.hparams(config, "resnet20")
+    hp = _hparams(config, args)
     rt = {**config["runtime"], "deterministic": False}
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
            "chains": {}}  # fmt: skip
@@ -231,7 +243,7 @@ def imp(args, log=print) -> dict:
 
         def job(name, **kw):
             w = root / name
-            return runs.Job(network="resnet20", seed=args.seed, data_path=args.data, hparams=hp,
+            return runs.Job(network=args.network, seed=args.seed, data_path=args.data, hparams=hp,
                             runtime=rt, eval_every=160, workdir=str(w / "resume"),
                             out_final=str(w / "final.pt"), out_metrics=str(w / "metrics.h5"),
                             threads=os.cpu_count() or 1, **kw)  # fmt: skip
@@ -278,12 +290,18 @@ def main(argv=None) -> int:
         s.add_argument("--out-dir", default="bench/out/gpu")
         s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
         s.add_argument("--with-imp", action="store_true", help="all: also the IMP chains (hours)")
+        s.add_argument("--network", default="resnet20", help="all: the accuracy/IMP network")
+        s.add_argument("--epochs", type=float, help="all: shorten accuracy/IMP runs (tests)")
     s = sub.add_parser("accuracy")
     s.add_argument("--data", required=True)
+    s.add_argument("--network", default="resnet20")
+    s.add_argument("--epochs", type=float, help="override (tests); default: the paper's")
     s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     s.add_argument("--out-dir", default="bench/out/gpu")
     s = sub.add_parser("imp")
     s.add_argument("--data", required=True)
+    s.add_argument("--network", default="resnet20")
+    s.add_argument("--epochs", type=float, help="override (tests); default: the paper's")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--rewinds", type=int, nargs="+", default=[0, 500])
     s.add_argument("--levels", type=int, default=8)

@@ -111,3 +111,24 @@ def test_gpu_tool_grid_sizes_and_cost_on_the_cpu(tmp_path, capsys):
     best = max(r["img_s"] for r in result["rows"])
     assert cost.throughput(result)[NET]["train"] == best
     assert "N=2   processes" in capsys.readouterr().out
+
+
+def test_gpu_tool_accuracy_and_imp_parts_run(tmp_path):
+    """The 160-epoch accuracy and the IMP-chain parts of tools.gpu, shortened to 2 epochs on
+    synthetic data: per-seed accuracies with wall times, and one accuracy per level per chain."""
+    from pipeline_scripts.earlyphase import data
+    from pipeline_scripts.tools import gpu
+
+    path = tmp_path / "d.h5"
+    data.prepare(path, "synthetic", synthetic={"n_train": 256, "n_test": 64}, seed=0)
+    common = ["--data", str(path), "--network", NET, "--epochs", "2", "--out-dir", str(tmp_path)]
+    assert gpu.main(["accuracy", *common, "--seeds", "1", "2"]) == 0
+    acc = json.loads((tmp_path / "accuracy.json").read_text())
+    assert [r["seed"] for r in acc["runs"]] == [1, 2]
+    assert all(0 <= r["accuracy"] <= 1 and r["wall_s"] > 0 for r in acc["runs"])
+    assert acc["paper_table_a1"] == [91.5, 0.2]
+    assert gpu.main(["imp", *common, "--rewinds", "0", "2", "--levels", "2"]) == 0
+    chains = json.loads((tmp_path / "imp.json").read_text())["chains"]
+    assert set(chains) == {"0", "2"} and all(
+        len(c["accuracy_by_level"]) == 2 for c in chains.values()
+    )
