@@ -4,6 +4,7 @@ paper's float32 by default). On this CPU tf32 is fp32; bf16 autocasts the forwar
 import h5py
 import pytest
 import torch
+from jobs import make_job
 
 from pipeline_scripts.earlyphase import checkpoint, data, device, runs
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
@@ -20,16 +21,9 @@ def data_file(tmp_path_factory):
 
 
 def _job(data_file, out, precision, seed=1):
-    return runs.Job(
-        network=NET,
-        seed=seed,
-        data_path=str(data_file),
-        hparams=HP.to_dict(),
-        runtime={"log_every": 3, "precision": precision},
-        eval_every=1,
-        workdir=str(out / "resume"),
-        out_final=str(out / "final.pt"),
-        out_metrics=str(out / "metrics.h5"),
+    runtime = {"log_every": 3, "precision": precision}
+    return make_job(
+        data_file, out, network=NET, hparams=HP, log_every=3, seed=seed, runtime=runtime
     )
 
 

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from jobs import make_job
 
 from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
@@ -26,20 +27,7 @@ def data_file(tmp_path_factory):
 
 
 def _job(data_file, out, hp=HP, **kw):
-    return runs.Job(
-        **{
-            "network": NET,
-            "seed": 1,
-            "data_path": str(data_file),
-            "hparams": hp.to_dict(),
-            "runtime": {"log_every": 2},
-            "eval_every": 1,
-            "workdir": str(out / "resume"),
-            "out_final": str(out / "final.pt"),
-            "out_metrics": str(out / "metrics.h5"),
-            **kw,
-        }
-    )
+    return make_job(data_file, out, network=NET, hparams=hp, log_every=2, **kw)
 
 
 def _final(out):

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+from jobs import make_job
 
 from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
@@ -20,16 +21,13 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data.prepare(root / "d.h5", "synthetic", synthetic={"n_train": 96, "n_test": 32}, seed=0)
     dense = root / "dense"
-    job = runs.Job(
+    job = make_job(
+        root / "d.h5",
+        dense,
         network=NET,
-        seed=1,
-        data_path=str(root / "d.h5"),
         hparams=HP,
-        runtime={"log_every": 1},
-        eval_every=1,
-        workdir=str(root / "w"),
-        out_final=str(dense / "final.pt"),
-        out_metrics=str(dense / "metrics.h5"),
+        log_every=1,
+        workdir="../w",
         snapshots={0: str(dense / "iter0.pt"), 2: str(dense / "iter2.pt")},
     )
     runs.run(job, log=lambda s: None)
@@ -43,16 +41,13 @@ def setup(tmp_path_factory):
 
 def _branch(root, name, **kw):
     out = root / name
-    job = runs.Job(
+    job = make_job(
+        root / "d.h5",
+        out,
         network=NET,
-        seed=1,
-        data_path=str(root / "d.h5"),
         hparams=HP,
-        runtime={"log_every": 1},
-        eval_every=1,
-        workdir=str(out / "w"),
-        out_final=str(out / "final.pt"),
-        out_metrics=str(out / "metrics.h5"),
+        log_every=1,
+        workdir="w",
         snapshots={0: str(out / "start.pt")},
         **kw,
     )
@@ -183,17 +178,14 @@ def test_effective_std_tool_labels_its_mask(setup, tmp_path, capsys):
 
 
 def _job(root, name, seed, **kw):
-    out = root / name
-    return runs.Job(
+    return make_job(
+        root / "d.h5",
+        root / name,
         network=NET,
-        seed=seed,
-        data_path=str(root / "d.h5"),
         hparams=HP,
-        runtime={"log_every": 1},
-        eval_every=1,
-        workdir=str(out / "w"),
-        out_final=str(out / "final.pt"),
-        out_metrics=str(out / "metrics.h5"),
+        log_every=1,
+        seed=seed,
+        workdir="w",
         **kw,
     )
 

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from jobs import make_job
 
 from pipeline_scripts.earlyphase import augment, checkpoint, data, models, rng, runs, stability
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
@@ -25,20 +26,7 @@ def data_file(tmp_path_factory):
 
 
 def _job(data_file, out, seed=1, **kw):
-    return runs.Job(
-        **{
-            "network": NET,
-            "seed": seed,
-            "data_path": str(data_file),
-            "hparams": HP.to_dict(),
-            "runtime": {"log_every": 5},
-            "eval_every": 1,
-            "workdir": str(out / "resume"),
-            "out_final": str(out / "final.pt"),
-            "out_metrics": str(out / "metrics.h5"),
-            **kw,
-        }
-    )
+    return make_job(data_file, out, network=NET, hparams=HP, log_every=5, seed=seed, **kw)
 
 
 def _copy(data_file, root, dense, seed, replica, sub="dense"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from jobs import make_job
 
 from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
@@ -131,20 +132,8 @@ def test_pruned_weights_stay_exactly_zero(dataset, tmp_path):
         assert (params[name].detach()[keep] != 0).float().mean() > 0.99, name
 
 
-def _job(data_file, tmp_path, **kw):
-    base = dict(
-        network=NET,
-        seed=1,
-        data_path=str(data_file),
-        hparams=HP.to_dict(),
-        runtime={"log_every": 2},
-        eval_every=1,
-        workdir=str(tmp_path / "resume"),
-        out_final=str(tmp_path / "final.pt"),
-        out_metrics=str(tmp_path / "metrics.h5"),
-    )
-    base.update(kw)
-    return runs.Job(**base)
+def _job(data_file, tmp_path, hparams=HP, **kw):
+    return make_job(data_file, tmp_path, network=NET, hparams=hparams, log_every=2, **kw)
 
 
 def test_imp_level_rewinds_to_exactly_the_k_checkpoint(data_file, tmp_path):
