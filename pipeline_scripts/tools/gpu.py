@@ -106,15 +106,24 @@ def worker(args) -> int:
         warm = bench.Plan(
             warmup_steps=10, warmup_s=1.0, window_s=1.0, windows=1, max_other_cores=1e9
         )
-        bench.time_group(args.network, ds, 1, "grouped", warm.scaled(args.quick),
-                         cuda_graphs=args.graphs, precision=args.precision)  # fmt: skip
+        bench.time_group(
+            args.network,
+            ds,
+            1,
+            "grouped",
+            warm.scaled(args.quick),
+            cuda_graphs=args.graphs,
+            precision=args.precision,
+        )
         print("ready", flush=True)
         while not Path(args.go).exists():
             time.sleep(0.01)
-        plan = bench.Plan(warmup_steps=2, warmup_s=0.0, window_s=args.seconds / 3, windows=3,
-                          max_other_cores=1e9).scaled(args.quick)  # fmt: skip
-        t = bench.time_group(args.network, ds, 1, "grouped", plan,
-                             cuda_graphs=args.graphs, precision=args.precision)  # fmt: skip
+        plan = bench.Plan(
+            warmup_steps=2, warmup_s=0.0, window_s=args.seconds / 3, windows=3, max_other_cores=1e9
+        ).scaled(args.quick)
+        t = bench.time_group(
+            args.network, ds, 1, "grouped", plan, cuda_graphs=args.graphs, precision=args.precision
+        )
     print(json.dumps({"img_s": t.median}), flush=True)
     return 0
 
@@ -140,16 +149,27 @@ def grid(args, log=print) -> dict:
                             if mode == "vmap" and n == 1:
                                 continue
                             img_s = (
-                                processes(net, args.data, n, precision, graphs,
-                                          args.share_seconds, args.quick)
+                                processes(
+                                    net,
+                                    args.data,
+                                    n,
+                                    precision,
+                                    graphs,
+                                    args.share_seconds,
+                                    args.quick,
+                                )
                                 if mode == "processes"
                                 else in_process(net, ds, n, precision, graphs, mode, plan)
-                            )  # fmt: skip
+                            )
                             row = {
-                                "network": net, "n": n, "mode": mode if n > 1 else "single",
-                                "precision": precision, "cuda_graphs": graphs, "img_s": img_s,
+                                "network": net,
+                                "n": n,
+                                "mode": mode if n > 1 else "single",
+                                "precision": precision,
+                                "cuda_graphs": graphs,
+                                "img_s": img_s,
                                 "fraction_of_peak": 3 * fwd * img_s / 1e9 / peaks[precision],
-                            }  # fmt: skip
+                            }
                             out["rows"].append(row)
                             log(_row(row, out["device"]))
     out["networks"] = _best(out["rows"])
@@ -185,8 +205,10 @@ def sizes(result: dict, n_train: int = 50_000, epochs: int = 160, margin: float 
         minutes[net] = round(n_train * epochs / single / 60 * margin, 1)
         best = max(r["img_s"] for r in rows)
         per_job[net] = min(r["n"] for r in rows if r["img_s"] >= 0.9 * best)
-    return {"minutes_per_run": {**minutes, "default": max(minutes.values())},
-            "runs_per_job": {**per_job, "default": 1}}  # fmt: skip
+    return {
+        "minutes_per_run": {**minutes, "default": max(minutes.values())},
+        "runs_per_job": {**per_job, "default": 1},
+    }
 
 
 def _hparams(config: dict, args) -> dict:
@@ -206,15 +228,27 @@ def accuracy(args, log=print) -> dict:
     config = cost.load_config([])
     hp = _hparams(config, args)
     rt = {**config["runtime"], "deterministic": False}  # cudnn.benchmark: the fast kernels
-    out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-           "precision": rt["precision"], "paper_table_a1": PAPER_RESNET20, "runs": []}  # fmt: skip
+    out = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "precision": rt["precision"],
+        "paper_table_a1": PAPER_RESNET20,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             w = Path(tmp) / f"s{seed}"
-            job = runs.Job(network=args.network, seed=seed, data_path=args.data, hparams=hp,
-                           runtime=rt, eval_every=16, workdir=str(w / "resume"),
-                           out_final=str(w / "final.pt"), out_metrics=str(w / "metrics.h5"),
-                           threads=os.cpu_count() or 1)  # fmt: skip
+            job = runs.Job(
+                network=args.network,
+                seed=seed,
+                data_path=args.data,
+                hparams=hp,
+                runtime=rt,
+                eval_every=16,
+                workdir=str(w / "resume"),
+                out_final=str(w / "final.pt"),
+                out_metrics=str(w / "metrics.h5"),
+                threads=os.cpu_count() or 1,
+            )
             t = time.perf_counter()
             runs.run(job, log=log)
             wall = time.perf_counter() - t
@@ -225,9 +259,11 @@ def accuracy(args, log=print) -> dict:
             out["runs"].append({"seed": seed, "accuracy": acc, "wall_s": wall})
     accs = [100 * r["accuracy"] for r in out["runs"]]
     out["mean"], out["std"] = statistics.mean(accs), statistics.pstdev(accs)
-    log(f"{args.network} {hp['epochs']:g} epochs on {out['device']} ({rt['precision']}): "
+    log(
+        f"{args.network} {hp['epochs']:g} epochs on {out['device']} ({rt['precision']}): "
         f"{out['mean']:.2f} +- {out['std']:.2f}% (paper 91.5 +- 0.2), "
-        f"{statistics.median(r['wall_s'] for r in out['runs']):.0f} s per run")  # fmt: skip
+        f"{statistics.median(r['wall_s'] for r in out['runs']):.0f} s per run"
+    )
     return out
 
 
@@ -236,17 +272,28 @@ def imp(args, log=print) -> dict:
     config = copy.deepcopy(cost.load_config([]))
     hp = _hparams(config, args)
     rt = {**config["runtime"], "deterministic": False}
-    out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-           "chains": {}}  # fmt: skip
+    out = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "chains": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
 
         def job(name, **kw):
             w = root / name
-            return runs.Job(network=args.network, seed=args.seed, data_path=args.data, hparams=hp,
-                            runtime=rt, eval_every=160, workdir=str(w / "resume"),
-                            out_final=str(w / "final.pt"), out_metrics=str(w / "metrics.h5"),
-                            threads=os.cpu_count() or 1, **kw)  # fmt: skip
+            return runs.Job(
+                network=args.network,
+                seed=args.seed,
+                data_path=args.data,
+                hparams=hp,
+                runtime=rt,
+                eval_every=160,
+                workdir=str(w / "resume"),
+                out_final=str(w / "final.pt"),
+                out_metrics=str(w / "metrics.h5"),
+                threads=os.cpu_count() or 1,
+                **kw,
+            )
 
         snaps = {k: str(root / f"dense_iter{k}.pt") for k in args.rewinds}
         dense = job("dense", snapshots=snaps)
@@ -254,9 +301,14 @@ def imp(args, log=print) -> dict:
         for k in args.rewinds:
             prev_final, prev_mask, accs = dense.out_final, None, []
             for level in range(1, args.levels + 1):
-                j = job(f"k{k}/level{level}", init=snaps[k], level=level,
-                        prune_from=(prev_final, prev_mask), out_mask=str(root / f"k{k}_m{level}.pt"),
-                        start_iteration=k if config["rewinding"]["schedule"] == "framework" else 0)  # fmt: skip
+                j = job(
+                    f"k{k}/level{level}",
+                    init=snaps[k],
+                    level=level,
+                    prune_from=(prev_final, prev_mask),
+                    out_mask=str(root / f"k{k}_m{level}.pt"),
+                    start_iteration=k if config["rewinding"]["schedule"] == "framework" else 0,
+                )
                 runs.run(j, log=log)
                 accs.append(_final_acc(j))
                 prev_final, prev_mask = j.out_final, j.out_mask
@@ -280,8 +332,9 @@ def main(argv=None) -> int:
         s.add_argument("--networks", nargs="+", default=list(NETWORKS))
         s.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16])
         s.add_argument("--precisions", nargs="+", default=["tf32", "bf16", "fp32"])
-        s.add_argument("--graphs", type=lambda v: v == "on", nargs="+", default=[False, True],
-                       help="on / off")  # fmt: skip
+        s.add_argument(
+            "--graphs", type=lambda v: v == "on", nargs="+", default=[False, True], help="on / off"
+        )
         s.add_argument("--also", nargs="*", default=["processes"], help="vmap, processes")
         s.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True)
         s.add_argument("--share-seconds", type=float, default=6.0)
