@@ -160,7 +160,8 @@ def dag(configfiles: list[str | Path], targets: tuple[str, ...] = ()) -> list[tu
 
 
 def parse_dry_run(text: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of every job a ``snakemake -n`` listing names."""
+    """(rule, wildcards) of every job a ``snakemake -n`` listing names; checked against the
+    listing's own "Job stats" total, so a listing this parser misreads is an error, not a cost."""
     out = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
         m = re.match(r"(?:local)?rule (\w+):", block)
@@ -168,6 +169,12 @@ def parse_dry_run(text: str) -> list[tuple[str, dict]]:
             continue
         wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
         out.append((m[1], dict(kv.split("=", 1) for kv in wc[1].split(", ")) if wc else {}))
+    totals = {int(t) for t in re.findall(r"^total\s+(\d+)$", text, re.M)}
+    if totals and totals != {len(out)}:
+        raise ValueError(
+            f"read {len(out)} jobs from the dry run but its Job stats say {sorted(totals)}: "
+            "the snakemake -n listing changed format; fix cost.parse_dry_run"
+        )
     return out
 
 

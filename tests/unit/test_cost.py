@@ -187,6 +187,9 @@ localrule all:
     assert est["total_jobs"] == 3 and est["other_jobs"] == {"all": 1}
     ipe = 391
     assert est["families"]["imp"]["iterations"] == 2 * (160 * ipe - 500)
+    # a listing whose job count disagrees with its own Job stats is refused, not costed
+    with pytest.raises(ValueError, match="Job stats say \\[4\\]"):
+        cost.parse_dry_run(listing + "Job stats:\njob    count\ntotal      4\n")
 
 
 def test_group_rule_names_give_their_run_counts():
