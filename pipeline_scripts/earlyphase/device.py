@@ -45,10 +45,21 @@ def autocast(device: torch.device, precision: str):
 
 
 def configure(threads: int, deterministic: bool = True) -> None:
-    """Use exactly the ``threads`` CPU threads Snakemake gave this job, never more.
+    """Threads and determinism of this process, as every job and every measuring tool sets them.
 
-    A 2-thread job slows 4-9x when another process takes one of its cores (measured, issue 7), so
-    intra-op threads are pinned to the job's allocation and inter-op parallelism is off.
+    ``threads``: exactly the CPU threads Snakemake gave this job, never more (a 2-thread job
+    slows 4-9x when another process takes one of its cores), and no inter-op parallelism.
+
+    ``deterministic``: True selects deterministic kernels (CUDA: cuDNN without autotuning,
+    deterministic cuBLAS workspaces; CPU kernels are deterministic anyway); False switches them
+    off again and lets cuDNN autotune (``runtime.deterministic: false``).
+
+    Deterministic mode would also fill every new tensor's memory with NaN
+    (``torch.utils.deterministic.fill_uninitialized_memory``, on by default with it): a debugging
+    aid for kernels that read memory they never wrote. None of ours does -- the same seed gives
+    bit-identical weights with the fill on and off (tests/unit/test_device.py) -- and it costs a
+    kernel per allocation: ~560 fills per ResNet-20 step, 1.11x of the CPU step time
+    (docs/performance.md), and extra launches on a launch-bound GPU. So it is off.
     """
     threads = max(1, int(threads))
     torch.set_num_threads(threads)
@@ -57,12 +68,53 @@ def configure(threads: int, deterministic: bool = True) -> None:
     except RuntimeError:  # already set in this process (tests)
         pass
     if deterministic:
-        # Bit-identical reruns on GPU need deterministic kernels (a few % slower); CPU kernels are.
+        # before the first cuBLAS handle (nothing here has touched CUDA yet)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def kernels(dev: torch.device, *, compile: bool = False, cuda_graphs: bool = False) -> dict:
+    """What selects this process's kernels: the device (GPU model, or the CPU's instruction set
+    as ATen and oneDNN use it), threads, determinism, compilation, CUDA graphs and the torch
+    version. Two runs with equal settings and equal ``kernels`` compute bit-identically; a run
+    resumed under other ``kernels`` continues with other rounding (recorded by the loop)."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        where = torch.cuda.get_device_name(dev)
     else:
-        torch.backends.cudnn.benchmark = True
+        where = f"cpu {torch.backends.cpu.get_cpu_capability()}" + "".join(
+            f" {k}={os.environ[k]}" for k in ISA_CAPS if os.environ.get(k)
+        )
+    return {
+        "device": where,
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "compile": bool(compile),
+        "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
+        "torch": torch.__version__,
+    }
+
+
+# x86 instruction sets the CPU kernels can be capped to, for a process started with these
+# environment variables: oneDNN (convolutions), ATen (elementwise kernels), MKL (matmuls).
+# "native" = whatever the CPU has. Used by tools/cpu_check.py and tools/bench.py --isa.
+ISA_ENV = {
+    "native": {},
+    "avx2": {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    },
+    "avx512": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+}
+ISA_CAPS = tuple(ISA_ENV["avx2"])
 
 
 # ---- from config `runtime`: a key the config leaves out takes the default of the function it

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import augment, checkpoint, data, device, identity, models, rng
+from . import augment, checkpoint, data, device, identity, layout, models, rng
 from .atomic import atomic_path
 
 FORMAT = "earlyphase-hessian/1"
@@ -45,6 +45,12 @@ def sample(train_x: torch.Tensor, train_y: torch.Tensor, size: int, seed: int):
     pick = torch.randperm(n, generator=rng.generator(seed, "hessian_sample"))[: min(size, n)]
     pick = pick.to(train_x.device)
     return train_x[pick], train_y[pick]
+
+
+def network_model(network: str, dev: torch.device) -> torch.nn.Module:
+    """The network as the Hessian jobs evaluate it: the training loop's layout (layout.py; its
+    CPU rule also covers the double backward of the routed convolutions)."""
+    return layout.apply(models.build(network), dev)
 
 
 def hvp_function(model, params: list, batches: list, loss_fn):
@@ -149,9 +155,7 @@ def measure(
     ds = data.load(data_path, dev)
     x, y = sample(ds.train_x, ds.train_y, samples, seed)
     normalise = augment.Normalise(hparams["mean"], hparams["std"], dev)
-    # NCHW, not the training loop's channels_last: double backward through the convolutions
-    # measured 1.2x faster so on the 2-core CPU (5.4 vs 6.7 training steps per product)
-    model = models.build(network).to(dev)
+    model = network_model(network, dev)
     iterations, results = sorted(int(i) for i in checkpoints), []
     run = {"network": network, "seed": seed}
     for it in iterations:

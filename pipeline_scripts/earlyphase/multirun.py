@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import augment
+from . import augment, layout
 from .hparams import TrainingHparams
 
 METHODS = ("grouped", "vmap")  # how N > 1 runs are batched (runtime.multirun_method)
@@ -85,8 +85,7 @@ class Single:
     def __init__(self, models: Sequence[nn.Module], dev: torch.device):
         if len(models) != 1:
             raise ValueError(f"Single holds one model, not {len(models)}")
-        self.model = models[0]
-        self.model.to(device=dev, memory_format=torch.channels_last)
+        self.model = layout.apply(models[0], dev)
         self.forward = self.model
 
     def compile(self, mode: str | None = None) -> None:
@@ -205,8 +204,7 @@ class Grouped:
         self.n = len(models)
         self.template = models[0]
         self.stacked = _stacked_names(self.template)
-        self.net = widen(self.template, self.n).to_empty(device=dev)
-        self.net.to(memory_format=torch.channels_last)
+        self.net = layout.apply(widen(self.template, self.n).to_empty(device=dev), dev)
         self._nbt_start: dict[str, list[int]] = {}
         self.load([m.state_dict() for m in models])
         self.forward = self.net

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import augment, checkpoint, data, device, identity, metrics, models, rng, train
+from . import augment, checkpoint, data, device, identity, layout, metrics, models, rng, train
 from .atomic import atomic_path
 
 FORMAT = "earlyphase-stability/1"
@@ -180,7 +180,7 @@ def measure(
         recorded.append(float(attrs["final_test_accuracy"]))
         precision = str(attrs.get("precision", "fp32"))  # evaluate as the copies were
         remaining = float(attrs.get("weights_remaining_fraction", 1.0))
-    model = models.build(run["network"]).to(dev, memory_format=torch.channels_last)
+    model = layout.apply(models.build(run["network"]), dev)
     normalise = augment.Normalise(hparams["mean"], hparams["std"], dev)
     eval_batch = train.options_from_runtime(runtime, seed=run["seed"]).eval_batch_size
 

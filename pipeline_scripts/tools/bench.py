@@ -47,9 +47,11 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +60,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline_scripts.earlyphase import augment, data, device, models, multirun, prune, rng, train
+from pipeline_scripts.earlyphase import (
+    augment,
+    data,
+    device,
+    layout,
+    models,
+    multirun,
+    prune,
+    rng,
+    train,
+)
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
 FORMAT = "earlyphase-bench/1"
@@ -481,7 +493,7 @@ def forward_flops(net: str, dev, batch_size: int) -> float:
     """Forward FLOPs per image (conv/linear/matmul; FlopCounterMode on one training batch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _model(net, 0, dev).to(memory_format=torch.channels_last)
+    model = layout.apply(_model(net, 0, dev), dev)
     x = torch.randn(batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -492,7 +504,7 @@ def time_eval(net: str, ds: data.Dataset, batch_size: int, plan: Plan, seed: int
     """images/s of train.evaluate (inference mode, channels_last) over test-set windows."""
     dev = ds.test_x.device
     hp = TrainingHparams()
-    model = _model(net, seed, dev).to(memory_format=torch.channels_last)
+    model = layout.apply(_model(net, seed, dev), dev)
     normalise = augment.Normalise(hp.mean, hp.std, dev)
     sync = _sync_for(dev)
     n_test = ds.test_x.shape[0]
@@ -519,6 +531,203 @@ def time_eval(net: str, ds: data.Dataset, batch_size: int, plan: Plan, seed: int
         "contended_windows_img_s": t.contended,
         "other_cores": t.others,
     }
+
+
+def fill_ablation(net: str, ds: data.Dataset, plan: Plan, rounds: int) -> dict:
+    """Our loop with deterministic mode's fill of uninitialised memory on (PyTorch's default
+    with deterministic algorithms) and off (device.configure), alternated in rounds."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(rounds):
+            for fill in (True, False):
+                torch.utils.deterministic.fill_uninitialized_memory = fill
+                rates[fill].append(time_ours(net, ds, plan).median)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    ratios = [off / on for on, off in zip(rates[True], rates[False], strict=True)]
+    return {
+        "network": net,
+        "fill_on_img_s": statistics.median(rates[True]),
+        "fill_off_img_s": statistics.median(rates[False]),
+        "off_over_on": statistics.median(ratios),
+        "per_round": ratios,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts and kernels per layer shape (layout.py's rule)
+
+LAYER_VARIANTS = (  # (name, memory format, oneDNN on)
+    ("channels_last", torch.channels_last, True),
+    ("nchw", torch.contiguous_format, True),
+    ("native", torch.channels_last, False),  # ATen's own kernels, oneDNN switched off
+)
+
+
+def conv_shapes(net: str, batch_size: int) -> list[dict]:
+    """The distinct convolutions of ``net`` on 32x32 inputs: channels, kernel, stride, input
+    size, and how many layers share the shape."""
+    model = models.build(net)
+    seen: dict[tuple, dict] = {}
+
+    def hook(m, args, out):
+        key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], args[0].shape[-1])
+        entry = seen.setdefault(key, {"layers": 0, "rule": "channels_last"})
+        entry["layers"] += 1
+        if layout.nchw_on_cpu(m):
+            entry["rule"] = "nchw"
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    return [
+        {
+            "in": k[0],
+            "out": k[1],
+            "kernel": k[2],
+            "stride": k[3],
+            "size": k[4],
+            "batch": batch_size,
+            **v,
+        }
+        for k, v in seen.items()
+    ]
+
+
+def _conv_step(shape: dict, fmt, onednn: bool) -> Callable[[], float]:
+    """One forward + backward of one convolution shape in one layout; returns its seconds."""
+    conv = torch.nn.Conv2d(
+        shape["in"],
+        shape["out"],
+        shape["kernel"],
+        shape["stride"],
+        shape["kernel"] // 2,
+        bias=False,
+    ).to(memory_format=fmt)
+    if fmt == torch.contiguous_format:  # a 1x1 kernel keeps channels_last strides otherwise
+        conv.weight.data = conv.weight.data.clone(memory_format=fmt)
+    x = torch.randn(shape["batch"], shape["in"], shape["size"], shape["size"])
+    x = x.contiguous(memory_format=fmt).requires_grad_(shape["in"] > 3)
+    grad = torch.randn_like(conv(x))
+
+    def step() -> float:
+        t = time.perf_counter()
+        with warnings.catch_warnings():  # the flags' TF32 setter warns on non-Intel-GPU builds
+            warnings.simplefilter("ignore")
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                conv(x).backward(grad)
+        return time.perf_counter() - t
+
+    return step
+
+
+def layer_layouts(net: str, plan: Plan, rounds: int, batch_size: int | None = None) -> dict:
+    """Per conv shape of ``net``: forward + backward seconds in each LAYER_VARIANT, alternated in
+    rounds (median), GFLOP/s, the fastest variant and the rule's choice; and the whole network's
+    training step channels_last vs NCHW, alternated the same way."""
+    b = batch_size or BATCH_SIZE.get(net, 128)
+    rows = []
+    for shape in conv_shapes(net, b):
+        if shape["rule"] == "nchw":  # oneDNN's channels_last kernel is the bug the rule avoids
+            variants = [v for v in LAYER_VARIANTS if v[0] != "channels_last"]
+        else:
+            variants = list(LAYER_VARIANTS)
+        steps = {name: _conv_step(shape, fmt, dnn) for name, fmt, dnn in variants}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        reps = 1 if plan.window_s < 1 else 3
+        for f in steps.values():
+            f()  # primitive creation
+        for _ in range(rounds):
+            for name, f in steps.items():
+                times[name].append(statistics.median(f() for _ in range(reps)))
+        passes = 3 if shape["in"] > 3 else 2  # the stem has no input gradient
+        flops = 2 * b * shape["out"] * shape["in"] * shape["kernel"] ** 2 * passes
+        flops *= (shape["size"] // shape["stride"]) ** 2
+        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        rows.append(
+            {
+                **shape,
+                "ms": ms,
+                "gflops": {k: flops / v / 1e6 for k, v in ms.items()},
+                "fastest": min(ms, key=ms.get),
+            }
+        )
+    return {
+        "network": net,
+        "batch_size": b,
+        "shapes": rows,
+        "network_step": _network_layouts(net, b, rounds),
+    }
+
+
+def _network_layouts(net: str, b: int, rounds: int) -> dict:
+    """The training step (forward, backward, SGD) of the whole network, channels_last (the
+    rule) vs plain NCHW, alternated in rounds; img/s medians and their per-round ratio."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 3, 32, 32, generator=g)
+    y = torch.randint(10, (b,), generator=g)
+    steps = {}
+    for name in ("channels_last", "nchw"):
+        model = _model(net, 1, torch.device("cpu"))
+        if name == "channels_last":
+            layout.apply(model, "cpu")
+        xin = x.contiguous(memory_format=torch.channels_last) if name == "channels_last" else x
+        opt = train.sgd(model.parameters(), TrainingHparams())
+
+        def step(model=model, xin=xin, opt=opt) -> float:
+            t = time.perf_counter()
+            loss = F.cross_entropy(model(xin), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return time.perf_counter() - t
+
+        step()
+        steps[name] = step
+    rates: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, f in steps.items():
+            rates[k].append(b / statistics.median(f() for _ in range(3)))
+    ratios = [a / c for a, c in zip(rates["channels_last"], rates["nchw"], strict=True)]
+    return {
+        "img_s": {k: statistics.median(v) for k, v in rates.items()},
+        "channels_last_over_nchw": statistics.median(ratios),
+        "per_round": ratios,
+    }
+
+
+def layers_table(result: dict) -> str:
+    lines = []
+    for entry in result["layers"]:
+        lines.append(
+            f"{entry['network']} (batch {entry['batch_size']}), forward + backward per conv shape:"
+        )
+        lines.append(
+            f"  {'in':>4} {'out':>4} {'k':>2} {'s':>2} {'size':>4} {'n':>2}  "
+            + "  ".join(f"{name:>20}" for name, _, _ in LAYER_VARIANTS)
+            + "  fastest        rule"
+        )
+        for r in entry["shapes"]:
+            cells = [
+                f"{r['ms'][n]:8.2f} ms {r['gflops'][n]:5.0f} GF/s"
+                if n in r["ms"]
+                else f"{'(avoided)':>20}"
+                for n, _, _ in LAYER_VARIANTS
+            ]
+            lines.append(
+                f"  {r['in']:>4} {r['out']:>4} {r['kernel']:>2} {r['stride']:>2} {r['size']:>4} "
+                f"{r['layers']:>2}  " + "  ".join(cells) + f"  {r['fastest']:<14} {r['rule']}"
+            )
+        ns = entry["network_step"]
+        lines.append(
+            f"  whole network: channels_last {ns['img_s']['channels_last']:.0f} img/s, NCHW "
+            f"{ns['img_s']['nchw']:.0f} img/s: x{ns['channels_last_over_nchw']:.2f} (per-round median)"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,6 +889,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
                 f"{args.multirun} {k}: {v['img_s']:.0f} img/s together vs {v['separate_img_s']:.0f}"
                 f" one run at a time: x{v['speedup']:.2f}"
             )
+    if args.fill_ablation and args.fill_ablation != "none":
+        rounds = 1 if args.quick else max(args.rounds, 5)
+        result["fill_ablation"] = fill_ablation(args.fill_ablation, ds, plan, rounds)
+        f = result["fill_ablation"]
+        log(
+            f"{args.fill_ablation}: deterministic mode's fill of new memory on "
+            f"{f['fill_on_img_s']:.0f} img/s, off (device.configure) {f['fill_off_img_s']:.0f} "
+            f"img/s: x{f['off_over_on']:.3f} (per-round median of {rounds})"
+        )
+    if args.layers and args.layers != ["none"]:
+        rounds = 1 if args.quick else max(args.rounds, 5)
+        result["layers"] = [
+            layer_layouts(net, plan, rounds, args.batch_size) for net in args.layers
+        ]
+        log(layers_table(result))
     end = matmul_peak(dev, plan, n=peak["n"], windows=3 if args.quick else 7)
     pooled = peak["windows_gflops"] + end["windows_gflops"]
     peak.update(
@@ -832,12 +1056,112 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--multirun", default="resnet20", help="network of the runs-per-job test")
     p.add_argument("--multirun-n", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--multirun-methods", nargs="+", default=list(multirun.METHODS))
+    p.add_argument(
+        "--fill-ablation",
+        default="none",
+        help="network timed with deterministic mode's memory fill on and off, alternating",
+    )
+    p.add_argument(
+        "--isa",
+        nargs="+",
+        choices=sorted(device.ISA_ENV),
+        help="run the benchmark under each instruction set (e.g. native avx2), alternating in "
+        "--rounds rounds, in child processes; one JSON with a section per instruction set",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=["resnet20"],
+        help="networks whose conv shapes are timed per layout and kernel ('none')",
+    )
     return p.parse_args(argv)
 
 
+def by_isa(argv: list[str], isas: list[str], rounds: int, log=print) -> dict:
+    """The benchmark once per instruction set in one run: ``rounds`` rounds, each running a
+    child benchmark (``--rounds 1``) per ISA under that ISA's caps (``device.ISA_ENV``), so the
+    instruction sets alternate and see the same machine. Per ISA the windows of all rounds are
+    pooled (medians, ratios and fractions of peak recomputed from them)."""
+    children: dict[str, list[dict]] = {isa: [] for isa in isas}
+    with tempfile.TemporaryDirectory(prefix="bench-isa-") as tmp:
+        for r in range(rounds):
+            for isa in isas:
+                out = Path(tmp) / f"{isa}-{r}.json"
+                cmd = [sys.executable, "-m", "pipeline_scripts.tools.bench", *argv]
+                cmd += ["--rounds", "1", "--out", str(out)]
+                log(f"round {r + 1}/{rounds}, isa={isa}")
+                env = {**os.environ, **device.ISA_ENV[isa]}
+                subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+                children[isa].append(json.loads(out.read_text()))
+    return {
+        "format": FORMAT,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": children[isas[0]][0]["machine"],
+        "isa": {isa: _pool(runs) for isa, runs in children.items()},
+    }
+
+
+def _pool(results: list[dict]) -> dict:
+    """One benchmark result from several one-round results of the same configuration."""
+    out = dict(results[0])
+    windows = [w for r in results for w in r["matmul"]["windows_gflops"]]
+    out["matmul"] = {
+        **results[0]["matmul"],
+        "windows_gflops": windows,
+        "gflops": statistics.median(windows),
+    }
+    out["rounds"] = len(results)
+    out["machine"] = {
+        **results[0]["machine"],
+        "env": {k: os.environ.get(k) for k in device.ISA_CAPS},
+    }
+    out["networks"] = {}
+    for key, entry in results[0]["networks"].items():
+        e = dict(entry)
+        for part in ("ours", "reference", "dense"):
+            if part in entry:
+                ws = [w for r in results for w in r["networks"][key][part]["windows_img_s"]]
+                e[part] = {**entry[part], "windows_img_s": ws, "img_s": statistics.median(ws)}
+        ips = e["ours"]["img_s"]
+        e["train_gflops"] = 3 * e["forward_flops_per_image"] * ips / 1e9
+        e["fraction_of_matmul_peak"] = e["train_gflops"] / out["matmul"]["gflops"]
+        if "reference" in e:
+            e["ratio_to_reference"] = ips / e["reference"]["img_s"]
+            per_round = [
+                r["networks"][key]["ours"]["img_s"] / r["networks"][key]["reference"]["img_s"]
+                for r in results
+            ]
+            e["ratio_to_reference_per_round"] = per_round
+        out["networks"][key] = e
+    return out
+
+
+def isa_table(result: dict) -> str:
+    lines = [
+        f"{'isa':<8} {'capability':<10}" + table(next(iter(result["isa"].values()))).splitlines()[0]
+    ]
+    for isa, r in result["isa"].items():
+        for line in table(r).splitlines()[1:-2]:
+            lines.append(f"{isa:<8} {r['machine']['cpu_capability']:<10}{line}")
+        lines.append(f"{isa:<8} matmul peak {r['matmul']['gflops']:.1f} GFLOP/s")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    result = run(args)
+    if args.isa:
+        rest, skip = [], False
+        for a in argv:  # the same benchmark without --isa, --rounds and --out
+            if skip and not a.startswith("--"):
+                continue
+            skip = a in ("--isa", "--rounds", "--out")
+            if not skip:
+                rest.append(a)
+        result = by_isa(rest, args.isa, args.rounds)
+        print(isa_table(result))
+    else:
+        result = run(args)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

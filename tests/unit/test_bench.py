@@ -8,6 +8,8 @@ import torch
 
 from pipeline_scripts.tools import bench, cost
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 NET = "resnet8_w4"
 
 

@@ -10,6 +10,8 @@ from torch.func import functional_call
 
 from pipeline_scripts.earlyphase import hessian
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 
 class TinyConvBN(nn.Module):
     """A conv + BatchNorm + linear network of ~200 parameters: its Hessian can be formed."""

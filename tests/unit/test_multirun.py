@@ -17,6 +17,8 @@ from pipeline_scripts.earlyphase import (
 )
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 NET = "resnet8_w4"
 # 96 images at batch 32: 3 steps per epoch; 2 epochs cross an epoch boundary (new data order).
 HP = TrainingHparams(batch_size=32, epochs=2, milestones=(1,), lr=0.05)

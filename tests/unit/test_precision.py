@@ -9,6 +9,8 @@ from jobs import make_job
 from pipeline_scripts.earlyphase import checkpoint, data, device, runs
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 NET = "resnet8_w4"
 HP = TrainingHparams(batch_size=32, epochs=2, milestones=(1,), lr=0.05)
 

@@ -12,6 +12,8 @@ from jobs import make_job
 from pipeline_scripts.earlyphase import checkpoint, data, models, prune, rng, runs, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 NET = "resnet8_w4"
 # 160 images at batch 32: 5 steps per epoch, T = 15; the lr drops at epoch 2 = iteration 10, so a
 # run rewound to k = 7 crosses the drop and an epoch boundary (new data order) after its start.

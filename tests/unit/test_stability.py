@@ -12,6 +12,8 @@ from jobs import make_job
 from pipeline_scripts.earlyphase import augment, checkpoint, data, models, rng, runs, stability
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 NET = "resnet8_w4"
 HP = TrainingHparams(batch_size=32, epochs=3, milestones=(2,), lr=0.05)  # 5 steps/epoch, T = 15
 K = 5

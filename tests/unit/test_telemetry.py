@@ -12,6 +12,8 @@ import torch
 from pipeline_scripts.earlyphase import data, models, plots, rng, telemetry, train
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
+pytestmark = pytest.mark.training  # run again under the AVX2 cap (make test-avx2)
+
 
 def test_schedule_resolves_first_ten_iterations_then_thins_out():
     s = telemetry.schedule(4000, dense_until=10, points=60)
