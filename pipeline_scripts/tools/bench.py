@@ -558,7 +558,7 @@ def fill_ablation(net: str, ds: data.Dataset, plan: Plan, rounds: int) -> dict:
 # Layouts and kernels per layer shape (layout.py's rule)
 
 LAYER_VARIANTS = (  # (name, memory format, oneDNN on)
-    ("channels_last", torch.channels_last, True),
+    ("channels_last", torch.channels_last, True),  # the rule's choice: sliced where it routes
     ("nchw", torch.contiguous_format, True),
     ("native", torch.channels_last, False),  # ATen's own kernels, oneDNN switched off
 )
@@ -574,8 +574,8 @@ def conv_shapes(net: str, batch_size: int) -> list[dict]:
         key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], args[0].shape[-1])
         entry = seen.setdefault(key, {"layers": 0, "rule": "channels_last"})
         entry["layers"] += 1
-        if layout.nchw_on_cpu(m):
-            entry["rule"] = "nchw"
+        if layout.slice_on_cpu(m):
+            entry["rule"] = "channels_last, sliced"
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
@@ -610,6 +610,8 @@ def _conv_step(shape: dict, fmt, onednn: bool) -> Callable[[], float]:
     ).to(memory_format=fmt)
     if fmt == torch.contiguous_format:  # a 1x1 kernel keeps channels_last strides otherwise
         conv.weight.data = conv.weight.data.clone(memory_format=fmt)
+    elif onednn:  # channels_last as the rule runs it (sliced where layout.py routes)
+        layout.route(conv, "cpu")
     x = torch.randn(shape["batch"], shape["in"], shape["size"], shape["size"])
     x = x.contiguous(memory_format=fmt).requires_grad_(shape["in"] > 3)
     grad = torch.randn_like(conv(x))
@@ -632,11 +634,7 @@ def layer_layouts(net: str, plan: Plan, rounds: int, batch_size: int | None = No
     b = batch_size or BATCH_SIZE.get(net, 128)
     rows = []
     for shape in conv_shapes(net, b):
-        if shape["rule"] == "nchw":  # oneDNN's channels_last kernel is the bug the rule avoids
-            variants = [v for v in LAYER_VARIANTS if v[0] != "channels_last"]
-        else:
-            variants = list(LAYER_VARIANTS)
-        steps = {name: _conv_step(shape, fmt, dnn) for name, fmt, dnn in variants}
+        steps = {name: _conv_step(shape, fmt, dnn) for name, fmt, dnn in LAYER_VARIANTS}
         times: dict[str, list[float]] = {name: [] for name in steps}
         reps = 1 if plan.window_s < 1 else 3
         for f in steps.values():
@@ -713,10 +711,7 @@ def layers_table(result: dict) -> str:
         )
         for r in entry["shapes"]:
             cells = [
-                f"{r['ms'][n]:8.2f} ms {r['gflops'][n]:5.0f} GF/s"
-                if n in r["ms"]
-                else f"{'(avoided)':>20}"
-                for n, _, _ in LAYER_VARIANTS
+                f"{r['ms'][n]:8.2f} ms {r['gflops'][n]:5.0f} GF/s" for n, _, _ in LAYER_VARIANTS
             ]
             lines.append(
                 f"  {r['in']:>4} {r['out']:>4} {r['kernel']:>2} {r['stride']:>2} {r['size']:>4} "
