@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
 
 import torch
 
@@ -94,8 +96,38 @@ def kernels(dev: torch.device, *, compile: bool = False, cuda_graphs: bool = Fal
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "compile": bool(compile),
         "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass the weights-only unpickler refuses
     }
+
+
+def check_compiler(dev: torch.device, *, compile: bool, cuda_graphs: bool) -> None:
+    """Fail at a job's start, naming the setting and the fix, when compiling needs a compiler
+    this machine lacks: Inductor builds C++ kernels on a CPU (``runtime.compile``) and Triton
+    builds its launcher with a C compiler on a GPU (``runtime.compile``, ``runtime.cuda_graphs``)
+    at first use -- otherwise the failure comes deep inside the first training step."""
+    if not (compile or cuda_graphs):
+        return
+    keys = " and ".join(k for k, on in (("compile", compile), ("cuda_graphs", cuda_graphs)) if on)
+    if torch.device(dev).type == "cuda":
+        need, names = (
+            "a C compiler (Triton builds its launcher with it)",
+            ("CC", "cc", "gcc", "clang"),
+        )
+    else:
+        need, names = (
+            "a C++ compiler (Inductor builds its CPU kernels with it)",
+            ("CXX", "c++", "g++", "clang++"),
+        )
+    env = os.environ.get(names[0])
+    found = shutil.which(env) if env else next(filter(None, map(shutil.which, names[1:])), None)
+    if not found:
+        raise RuntimeError(
+            f"runtime.{keys.replace(' and ', ' and runtime.')} is on, which needs {need}, and "
+            f"none was found ({'$' + names[0] + '=' + env if env else ', '.join(names[1:])} not "
+            f"on PATH on {socket.gethostname()}). Load or install one on the compute nodes (e.g. "
+            f"`module load gcc`, or `apt-get install gcc g++`) or set {names[0]}; or switch "
+            f"runtime.{keys.split(' and ')[0]} off."
+        )
 
 
 # x86 instruction sets the CPU kernels can be capped to, for a process started with these

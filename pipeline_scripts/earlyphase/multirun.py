@@ -53,17 +53,24 @@ from .hparams import TrainingHparams
 METHODS = ("grouped", "vmap")  # how N > 1 runs are batched (runtime.multirun_method)
 
 
+def like(param: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a tensor of ``param``'s dtype, device *and strides*: ``_foreach_mul_`` takes
+    its one-kernel fast path only when every pair has equal strides, and the parameters are
+    channels_last (layout.py), so a contiguous mask would cost one kernel per tensor."""
+    out = torch.empty_like(param)  # preserves the strides of a dense parameter
+    out.copy_(mask)
+    return out
+
+
 def masked_parameters(model: nn.Module, mask: dict | None):
-    """(params, masks) lists for the masked tensors, masks as float on the param's device."""
+    """(params, masks) lists for the masked tensors, masks as ``like`` their parameters."""
     if not mask:
         return [], []
     named = dict(model.named_parameters())
     unknown = sorted(set(mask) - set(named))
     if unknown:
         raise ValueError(f"mask names parameters the model does not have: {unknown[:5]}")
-    params = [named[k] for k in mask]
-    masks = [mask[k].to(device=named[k].device, dtype=named[k].dtype) for k in mask]
-    return params, masks
+    return [named[k] for k in mask], [like(named[k], mask[k]) for k in mask]
 
 
 def _compiled(module: nn.Module, mode: str | None):
@@ -112,9 +119,10 @@ class Single:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
-    def logits(self, xs: Sequence[torch.Tensor], normalise) -> torch.Tensor:
-        """xs: one uint8 batch (B, C, H, W) in a list -> logits (1, B, classes)."""
-        return self.forward(normalise(xs[0])).unsqueeze(0)
+    def logits(self, xs: Sequence[torch.Tensor], normalise, step: bool = False) -> torch.Tensor:
+        """xs: one uint8 batch (B, C, H, W) in a list -> logits (1, B, classes); ``step``: the
+        training step's (compiled, when compiled) forward, else the eager model."""
+        return (self.forward if step else self.model)(normalise(xs[0])).unsqueeze(0)
 
     def normaliser(self, hp: TrainingHparams, dev) -> augment.Normalise:
         return augment.Normalise(hp.mean, hp.std, dev)
@@ -148,7 +156,7 @@ def _wide_module(m: nn.Module, n: int) -> nn.Module | None:
     # Built on the meta device (values come from Grouped.load), so the global RNG is never used.
     params = list(m.parameters(recurse=False))
     kw = {"device": "meta", "dtype": params[0].dtype if params else None}
-    if type(m) is nn.Conv2d:
+    if isinstance(m, nn.Conv2d):  # layout.StridedBySlicing too: the wide net is routed anew
         if m.padding_mode != "zeros":
             raise NotImplementedError("grouped runs support zero-padded convolutions only")
         return nn.Conv2d(
@@ -266,11 +274,11 @@ class Grouped:
     def train(self, mode: bool = True) -> None:
         self.net.train(mode)
 
-    def logits(self, xs: Sequence[torch.Tensor], normalise) -> torch.Tensor:
-        """xs: N uint8 batches (B, C, H, W) -> logits (N, B, classes)."""
+    def logits(self, xs: Sequence[torch.Tensor], normalise, step: bool = False) -> torch.Tensor:
+        """xs: N uint8 batches (B, C, H, W) -> logits (N, B, classes); ``step`` as Single's."""
         b, c, h, w = xs[0].shape
         x = normalise(torch.stack(xs, dim=1).view(b, self.n * c, h, w))
-        out = self.forward(x)
+        out = (self.forward if step else self.net)(x)
         return out.view(b, self.n, -1).transpose(0, 1)
 
     def normaliser(self, hp: TrainingHparams, dev) -> augment.Normalise:
@@ -290,6 +298,7 @@ class Vmapped:
         self.n = len(models)
         self.template = models[0]
         self.base = copy.deepcopy(models[0]).to("meta")
+        layout.route(self.base, dev)
         with torch.no_grad():
             self.params = {
                 k: torch.stack([dict(m.named_parameters())[k].detach() for m in models])
@@ -305,9 +314,13 @@ class Vmapped:
         def call(p, b, x):
             return torch.func.functional_call(self.base, (p, b), (x,))
 
-        self._forward = torch.vmap(call, in_dims=(0, 0, 0))
+        self._eager = self._forward = torch.vmap(call, in_dims=(0, 0, 0))
 
     def compile(self, mode: str | None = None) -> None:
+        if mode == "reduce-overhead":
+            # The stacked parameters and BatchNorm buffers are inputs, not module state, so
+            # CUDA graphs would be skipped ("mutated inputs"): refused (config_check, train).
+            raise ValueError("CUDA graphs cannot capture vmapped runs (runtime.multirun_method)")
         self._forward = torch.compile(self._forward, mode=mode, dynamic=False)
 
     def load(self, states: Sequence[dict]) -> None:
@@ -339,16 +352,14 @@ class Vmapped:
         if not mask:
             return [], []
         names = list(mask)
-        return [self.params[k] for k in names], [
-            mask[k].to(self.params[k].device, self.params[k].dtype) for k in names
-        ]
+        return [self.params[k] for k in names], [like(self.params[k], mask[k]) for k in names]
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
 
-    def logits(self, xs: Sequence[torch.Tensor], normalise) -> torch.Tensor:
+    def logits(self, xs: Sequence[torch.Tensor], normalise, step: bool = False) -> torch.Tensor:
         x = torch.stack([normalise(x) for x in xs])  # (N, B, C, H, W)
-        return self._forward(self.params, self.buffers, x)
+        return (self._forward if step else self._eager)(self.params, self.buffers, x)
 
     def normaliser(self, hp: TrainingHparams, dev) -> augment.Normalise:
         return augment.Normalise(hp.mean, hp.std, dev)

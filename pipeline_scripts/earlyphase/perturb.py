@@ -114,7 +114,7 @@ def _permute_within(values: Tensor, groups: Tensor, generator: torch.Generator) 
     pairing them up is a uniform random permutation within every group.
     """
     n = values.numel()
-    order = torch.randperm(n, generator=generator, device=generator.device).to(values.device)
+    order = torch.randperm(n, generator=generator).to(values.device)
     src = order[torch.argsort(groups[order], stable=True)]
     dst = torch.argsort(groups, stable=True)
     out = torch.empty_like(values)
@@ -212,7 +212,7 @@ def noise(sources: Sources, generator: torch.Generator, *, scale: float) -> dict
     out = {}
     for name, mask in sources.mask.items():
         w = sources.weights_k[name].detach()
-        eps = torch.randn(w.shape, generator=generator, device=generator.device, dtype=w.dtype)
+        eps = torch.randn(w.shape, generator=generator, dtype=w.dtype)
         sigma = scale * float(sources.init_std[name])
         out[name] = (w + sigma * eps.to(w.device)) * mask
     return out

@@ -19,10 +19,10 @@ def derive_seed(seed: int, purpose: str, *keys: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def generator(
-    seed: int, purpose: str, *keys: object, device: str | torch.device = "cpu"
-) -> torch.Generator:
-    """A fresh generator for one purpose; same arguments -> same stream."""
-    g = torch.Generator(device=device)
+def generator(seed: int, purpose: str, *keys: object) -> torch.Generator:
+    """A fresh CPU generator for one purpose; same arguments -> same stream. Always on the CPU:
+    a CUDA generator draws other numbers from the same seed, so draws are made here and moved
+    to the data's device ("the same seed gives the same random draws on any device")."""
+    g = torch.Generator()
     g.manual_seed(derive_seed(seed, purpose, *keys))
     return g

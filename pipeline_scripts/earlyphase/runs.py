@@ -233,13 +233,11 @@ def prepare(job: Job, ds: data.Dataset, dev: torch.device) -> Prepared:
         if task.relabel is not None:
             ds = dataclasses.replace(ds, train_y=task.relabel(ds.train_y, job.seed))
         if task.batch is not None:
-            test_x, test_y = task.batch(
-                ds.test_x, ds.test_y, rng.generator(job.seed, "task_eval", device=dev)
-            )
+            test_x, test_y = task.batch(ds.test_x, ds.test_y, rng.generator(job.seed, "task_eval"))
             ds = dataclasses.replace(ds, test_x=test_x, test_y=test_y)
 
             def batch_fn(x, y, it, _task=task, _seed=job.seed):
-                return _task.batch(x, y, tasks.batch_generator(_seed, it, dev))
+                return _task.batch(x, y, tasks.batch_generator(_seed, it))
 
     n = ds.train_x.shape[0]
     total, ipe = hp.total_iterations(n), hp.iterations_per_epoch(n)
@@ -340,7 +338,9 @@ def describe(p: Prepared) -> str:
     )
 
 
-def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, extra=None) -> dict:
+def finish(
+    p: Prepared, metrics, snapshots: dict, started: float, log=print, extra=None, kernels=()
+) -> dict:
     """Write the job's declared outputs (snapshots, telemetry, final weights, mask, metrics last)
     from the trained model; returns the metrics file's root attributes."""
     job, hp, model = p.job, p.hp, p.model
@@ -378,6 +378,9 @@ def finish(p: Prepared, metrics, snapshots: dict, started: float, log=print, ext
         "n_test": int(p.ds.test_x.shape[0]),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "weights_remaining_fraction": prune.remaining_fraction(p.mask) if p.mask else 1.0,
+        # the kernels each stretch of training ran on (device.kernels; > 1 entry: resumed on
+        # other kernels, so not bit-identical to an uninterrupted run)
+        "kernels": json.dumps(list(kernels)),
         **(extra or {}),
     }
     # Outputs: snapshots first (moved out of the workdir), then final weights, mask and metrics.
@@ -476,6 +479,6 @@ def run_group(
     )
     extra = {"runs_per_job": len(jobs), "multirun_method": method} if len(jobs) > 1 else None
     return [
-        finish(p, r.metrics, r.snapshots, started, log, extra)
+        finish(p, r.metrics, r.snapshots, started, log, extra, r.kernels)
         for p, r in zip(prepared, results, strict=True)
     ]

@@ -153,7 +153,7 @@ def measure(
     that ``write`` stores, the endpoint check included."""
     dev = device.select_from(runtime)
     ds = data.load(data_path, dev)
-    states, recorded = [], []
+    states, recorded, precisions = [], [], []
     for copy, final, mfile in zip(COPIES, finals, metrics_files, strict=True):
         want = {
             "network": run["network"],
@@ -178,8 +178,17 @@ def measure(
         )
         states.append(ck["state_dict"])
         recorded.append(float(attrs["final_test_accuracy"]))
-        precision = str(attrs.get("precision", "fp32"))  # evaluate as the copies were
+        precisions.append(str(attrs.get("precision", "fp32")))
         remaining = float(attrs.get("weights_remaining_fraction", 1.0))
+    if len(set(precisions)) != 1:
+        raise ValueError(
+            f"the copies were trained in different precisions {precisions} ({metrics_files}): "
+            "re-run both with one runtime.precision"
+        )
+    # Evaluate with the kernels the copies were evaluated with (TF32 switches, autocast), so
+    # alpha = 0 and 1 reproduce their recorded accuracies.
+    precision = precisions[0]
+    device.set_precision(precision)
     model = layout.apply(models.build(run["network"]), dev)
     normalise = augment.Normalise(hparams["mean"], hparams["std"], dev)
     eval_batch = train.options_from_runtime(runtime, seed=run["seed"]).eval_batch_size

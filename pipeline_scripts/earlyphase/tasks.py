@@ -8,8 +8,10 @@ A task changes the training data in at most two places, and a ``Task`` names bot
 * ``batch(x, y, generator) -> (x, y)`` runs on every step. ``x`` is the uint8 batch (B, 3, H, W)
   *after* the random crop and flip and *before* normalisation; it must come back as uint8 of the
   same shape. (After the flip, because flipping a 90-degree rotation makes it a 270-degree one and
-  would contradict the rotation label.) ``generator`` comes from ``batch_generator(seed, iteration, device)``, keyed by the
-  iteration, so a resumed job draws exactly the same rotations (house habit 8). Use it for
+  would contradict the rotation label.) ``generator`` is a CPU generator from ``batch_generator(seed,
+  iteration)``, keyed by the iteration, so a resumed job draws exactly the same rotations (house
+  habit 8); draw on the CPU and move the result to ``x.device``, so a GPU run draws what a CPU
+  run of the same seed draws. Use it for
   per-step transforms: rotation prediction (6.2), blurring (6.3), both together.
 
 ``num_classes`` is the size of the output layer during pre-training (4 for rotation prediction);
@@ -54,9 +56,11 @@ class Task:
     description: str  # one line for logs, README and figure legends
 
 
-def batch_generator(seed: int, iteration: int, device: str | torch.device) -> torch.Generator:
-    """The generator for step ``iteration``'s task randomness; a resumed job re-creates it."""
-    return rng.generator(seed, "task_batch", iteration, device=device)
+def batch_generator(seed: int, iteration: int) -> torch.Generator:
+    """The (CPU) generator for step ``iteration``'s task randomness; a resumed job re-creates it.
+    Draws from it are made on the CPU and moved to the batch's device, so a GPU run draws the
+    same rotations as a CPU run of the same seed."""
+    return rng.generator(seed, "task_batch", iteration)
 
 
 def relabel_random(
@@ -86,7 +90,7 @@ def rotate(
     b, _, h, w = x.shape
     if h != w:
         raise ValueError(f"rotation prediction needs square images, got {h}x{w}")
-    n = torch.randint(4, (b,), generator=generator, device=generator.device).to(x.device)
+    n = torch.randint(4, (b,), generator=generator).to(x.device)  # drawn on the CPU
     rotations = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])  # (4,B,C,H,W)
     return rotations[n, torch.arange(b, device=x.device)], n
 

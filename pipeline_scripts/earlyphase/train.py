@@ -107,6 +107,9 @@ class TrainResult:
     snapshots: dict  # iteration -> path of the snapshot file in workdir
     total_iterations: int
     iterations_per_epoch: int
+    # device.kernels of each stretch the run trained in: one entry, or more when it was resumed
+    # on another device model, thread count or compile/CUDA-graph/determinism setting
+    kernels: list = field(default_factory=list)
 
 
 @torch.inference_mode()
@@ -226,6 +229,15 @@ def _evaluate_many(group, tests, normalise, batch_size: int, precision: str) -> 
     return [(lo / n, c / n) for lo, c in zip(loss.tolist(), correct.tolist(), strict=True)]
 
 
+def compile_mode(opts: RunOptions, device: torch.device) -> str | None:
+    """The torch.compile mode of the training step's forward and backward: "reduce-overhead"
+    (CUDA graphs) with ``cuda_graphs`` on a GPU, Inductor's "default" with ``compile``, else
+    None (eager). Evaluation and telemetry always run the eager module."""
+    if opts.cuda_graphs and device.type == "cuda":
+        return "reduce-overhead"
+    return "default" if opts.compile else None
+
+
 def _losses(out: torch.Tensor, ys: list) -> torch.Tensor:
     """Each run's mean cross-entropy, (N,); for one run exactly ``F.cross_entropy(out, y)``."""
     if len(ys) == 1:
@@ -295,8 +307,16 @@ def train_runs(
         if mparams:
             torch._foreach_mul_(mparams, mmasks)
 
+    if opts.cuda_graphs and device.type == "cuda" and method == "vmap" and n_runs > 1:
+        raise ValueError(
+            "runtime.cuda_graphs with runtime.multirun_method vmap: CUDA graphs cannot capture "
+            "vmapped runs (their stacked parameters are inputs the step mutates); use "
+            "multirun_method grouped, or cuda_graphs false"
+        )
     precision = devices.effective_precision(opts.precision, device)
     devices.set_precision(precision)
+    kernels = devices.kernels(device, compile=opts.compile, cuda_graphs=opts.cuda_graphs)
+    segments = [{"from_iteration": start, **kernels}]
     fingerprint = fingerprint_of(
         runs, hp, opts, eval_at, snapshot_at, total, start, precision, group.method
     )
@@ -318,6 +338,19 @@ def train_runs(
             recorder.load_state_dict(state["telemetry"], device)
         resumed = True
         log(f"resumed from {resume_path} at iteration {it}/{total}")
+        segments = state.get("kernels") or [{"from_iteration": start, "device": "unknown"}]
+        before = {k: v for k, v in segments[-1].items() if k != "from_iteration"}
+        if before != kernels:
+            changed = sorted(
+                k for k in kernels.keys() | before.keys() if before.get(k) != kernels.get(k)
+            )
+            log(
+                f"NOTE: resuming under other kernels ({', '.join(changed)}: "
+                f"{ {k: before.get(k) for k in changed} } -> { {k: kernels.get(k) for k in changed} }): "
+                "the run continues with other rounding from here, so it is not bit-identical to an "
+                "uninterrupted one; its metrics record every segment's kernels"
+            )
+            segments = [*segments, {"from_iteration": it, **kernels}]
 
     def save_resume():
         checkpoint.atomic_save(
@@ -332,6 +365,7 @@ def train_runs(
                 "loss_acc": loss_acc,
                 "last_log_it": last_log_it,
                 "telemetry": None if recorder is None else recorder.state_dict(),
+                "kernels": segments,
             },
             resume_path,
         )
@@ -343,10 +377,10 @@ def train_runs(
             snapshots[i][it] = str(path)
 
     normalise = group.normaliser(hp, device)
-    if opts.cuda_graphs and device.type == "cuda":
-        group.compile("reduce-overhead")
-    elif opts.compile:
-        group.compile()
+    mode = compile_mode(opts, device)
+    if mode is not None:
+        devices.check_compiler(device, compile=opts.compile, cuda_graphs=mode == "reduce-overhead")
+        group.compile(None if mode == "default" else mode)
     if opts.cuda_graphs and device.type != "cuda":
         log(f"runtime.cuda_graphs has no effect on {device}: CUDA graphs need a GPU")
 
@@ -387,9 +421,9 @@ def train_runs(
 
     if recorder is not None:
 
-        def sample_loss(x, y):
+        def sample_loss(x, y):  # the eager model: a compiled one would compile this shape too
             with devices.autocast(device, precision):
-                return F.cross_entropy(group.forward(normalise(x)), y)
+                return F.cross_entropy(group.logits([x], normalise)[0], y)
 
         recorder.attach(sample_loss)
     if not resumed:
@@ -437,7 +471,7 @@ def train_runs(
                 current_lr = lr
 
             with devices.autocast(device, precision):
-                losses = _losses(group.logits(xs, normalise), ys)
+                losses = _losses(group.logits(xs, normalise, step=True), ys)
             optimizer.zero_grad(set_to_none=True)
             (losses[0] if n_runs == 1 else losses.sum()).backward()
             if recorder is not None and recorder.wants(it):
@@ -492,7 +526,7 @@ def train_runs(
     if recorder is not None:
         recorder.flush()
     group.write_back([r.model for r in runs])
-    return [TrainResult(metrics[i], snapshots[i], total, ipe) for i in range(n_runs)]
+    return [TrainResult(metrics[i], snapshots[i], total, ipe, segments) for i in range(n_runs)]
 
 
 def train(

@@ -278,10 +278,16 @@ def time_ours(
     hp = _hparams(net, batch_size)
     model = _model(net, seed, dev)
     mask = sparse_mask(model, net, sparsity) if sparsity else None
-    # No evaluation is reached (the clock stops the run first); keep the test set tiny anyway.
-    small = dataclasses.replace(ds, test_x=ds.test_x[:1], test_y=ds.test_y[:1])
     opts = train.RunOptions(seed=seed, checkpoint_seconds=1e12, compile=compile)
     clock = StepClock(plan, ds.train_x.shape[0], hp.batch_size, _sync_for(dev))
+    train_until_stopped(model, ds, hp, opts, clock.on_step, network=net, mask=mask)
+    return clock.result()
+
+
+def train_until_stopped(model, ds, hp, opts, on_step, *, network: str, mask=None) -> None:
+    """``train.train`` of ``model`` on ``ds`` until ``on_step`` raises ``_Enough``; the test set
+    is cut to one image (no evaluation is reached) and nothing is written."""
+    small = dataclasses.replace(ds, test_x=ds.test_x[:1], test_y=ds.test_y[:1])
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         try:
             train.train(
@@ -291,13 +297,12 @@ def time_ours(
                 opts,
                 workdir=workdir,
                 mask=mask,
-                network=net,
+                network=network,
                 log=lambda s: None,
-                on_step=clock.on_step,
+                on_step=on_step,
             )
         except _Enough:
             pass
-    return clock.result()
 
 
 def time_group(
@@ -309,6 +314,7 @@ def time_group(
     *,
     batch_size: int | None = None,
     cuda_graphs: bool = False,
+    compile: bool = False,
     precision: str = "fp32",
 ) -> Timing:
     """images/s (all n models together) of train.train_runs with a batch of n runs."""
@@ -325,6 +331,7 @@ def time_group(
                     seed=seed,
                     checkpoint_seconds=1e12,
                     cuda_graphs=cuda_graphs,
+                    compile=compile,
                     precision=precision,
                 ),
                 Path(workdir) / str(seed),

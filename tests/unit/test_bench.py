@@ -100,6 +100,7 @@ def test_gpu_tool_grid_sizes_and_cost_on_the_cpu(tmp_path, capsys):
 
     out = tmp_path / "gpu"
     argv = ["grid", "--quick", "--networks", NET, "--n", "1", "2", "--precisions", "fp32"]
+    argv += ["--graphs", "off"]
     argv += ["--also", "processes", "--share-seconds", "0.3", "--out-dir", str(out)]
     assert gpu.main(argv) == 0
     result = json.loads((out / "grid.json").read_text())
@@ -134,3 +135,101 @@ def test_gpu_tool_accuracy_and_imp_parts_run(tmp_path):
     assert set(chains) == {"0", "2"} and all(
         len(c["accuracy_by_level"]) == 2 for c in chains.values()
     )
+
+
+def test_gpu_grid_resets_dynamo_per_row_records_failures_and_writes_every_row(monkeypatch):
+    """The sizing tool's bookkeeping (no timing): each row starts from a reset Dynamo, reads its
+    own compile counters, records a failing row and goes on, and writes the JSON after every
+    row; the device is configured as a training job configures it."""
+    import argparse
+
+    from pipeline_scripts.tools import gpu
+
+    resets, configured, snapshots = [], [], []
+    monkeypatch.setattr(gpu, "_fresh_compiler", lambda: resets.append(1))
+    monkeypatch.setattr(gpu.device, "configure_from", lambda rt, t: configured.append((rt, t)))
+
+    def fake(net, ds, n, precision, graphs, method, plan):
+        if n == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return 100.0 * n
+
+    monkeypatch.setattr(gpu, "in_process", fake)
+    args = argparse.Namespace(quick=True, data=None, share_seconds=0.1)
+    rows = [
+        {"network": NET, "n": n, "mode": m, "precision": "fp32", "cuda_graphs": False}
+        for n, m in ((1, "single"), (2, "grouped"), (4, "grouped"))
+    ]
+    out = gpu.grid(
+        args, log=lambda s: None, write=lambda r: snapshots.append(len(r["rows"])), rows=rows
+    )
+    assert len(resets) == 3 and configured and configured[0][0]["deterministic"] is True
+    assert snapshots[:3] == [1, 2, 3] and out["complete"]
+    failed = out["rows"][1]
+    assert failed["img_s"] is None and "out of memory" in failed["error"]
+    assert out["rows"][2]["img_s"] == 400.0 and "compiled" in out["rows"][2]
+    assert gpu.sizes(out)["runs_per_job"][NET] == 4  # the failed row is left out
+
+
+def test_gpu_grid_compiled_rows_record_that_they_compiled():
+    """A compiled configuration on the CPU (Inductor's default mode: no CUDA graphs exist
+    here) records its graphs in its own row's counters."""
+    import argparse
+
+    from pipeline_scripts.tools import gpu
+
+    args = argparse.Namespace(quick=True, data=None, share_seconds=0.1)
+    row = {"network": NET, "n": 1, "mode": "single", "precision": "fp32", "cuda_graphs": True}
+    out = gpu.grid(args, log=lambda s: None, rows=[row])
+    (r,) = out["rows"]
+    assert r["img_s"] > 0 and r["compiled"]["graphs"] >= 1 and r["graphs_ran"] is False
+
+
+def test_gpu_tool_stops_what_it_started(monkeypatch):
+    import subprocess
+    import sys
+
+    from pipeline_scripts.tools import gpu
+
+    calls = []
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(
+        gpu.subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw.get("input")))
+    )
+    with gpu.mps_daemon(True, log=lambda s: None):
+        assert calls == [(["/usr/bin/nvidia-cuda-mps-control", "-d"], None)]
+    assert calls[-1] == (["/usr/bin/nvidia-cuda-mps-control"], "quit\n")
+    monkeypatch.undo()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(RuntimeError), gpu._workers([sleeper, sleeper]) as procs:
+        raise RuntimeError("a measurement failed")
+    assert all(p.poll() is not None for p in procs)
+    assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path):
+    """python -m pipeline_scripts.tools.gpu check --quick: every part runs on this CPU (its
+    figures mean nothing here), the CUDA-only tests are reported skipped with their reason, and
+    one JSON holds (a)-(d)."""
+    from pipeline_scripts.tools import gpu
+
+    assert gpu.main(["check", "--quick", "--out-dir", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "check.json").read_text())
+    assert r["complete"] and r["device"] == "cpu"
+    tests = r["tests"]["tests"]
+    assert len(tests) >= 6 and all(t["outcome"] == "skipped" for t in tests)
+    assert all("needs a CUDA GPU" in t["detail"] for t in tests)
+    launches = r["launches"]
+    assert set(launches) == {f"graphs_{g}_mask_{m}" for g in ("off", "on") for m in ("off", "on")}
+    assert all(v["per_step"] > 0 for v in launches.values())
+    assert launches["graphs_on_mask_off"]["compiled"]["graphs"] >= 1
+    rows = r["grid"]["rows"]
+    assert {(x["n"], x["mode"], x["cuda_graphs"]) for x in rows} == {
+        (1, "single", False),
+        (1, "single", True),
+        (2, "grouped", False),
+        (2, "processes", False),
+    }
+    assert all(x["img_s"] > 0 for x in rows)
+    for phases in r["startup"].values():
+        assert 0 < phases["imports"] <= phases["data_loaded"] <= phases["first_step_done"]

@@ -55,3 +55,16 @@ def test_kernels_name_what_selects_the_kernels():
     assert k["threads"] == 2 and k["deterministic"] is True and k["compile"] is True
     assert k["cuda_graphs"] is False  # no CUDA graphs on a CPU, whatever the setting
     assert k["torch"] == torch.__version__
+
+
+def test_compiling_without_a_compiler_fails_at_the_start_naming_the_setting(monkeypatch):
+    monkeypatch.setattr(device.shutil, "which", lambda name: None)
+    for var in ("CC", "CXX"):
+        monkeypatch.delenv(var, raising=False)
+    device.check_compiler(torch.device("cpu"), compile=False, cuda_graphs=False)  # nothing asked
+    with pytest.raises(RuntimeError, match="runtime.compile is on, which needs a C.. compiler"):
+        device.check_compiler(torch.device("cpu"), compile=True, cuda_graphs=False)
+    with pytest.raises(RuntimeError, match="runtime.cuda_graphs .*C compiler.*Triton"):
+        device.check_compiler(torch.device("cuda"), compile=False, cuda_graphs=True)
+    monkeypatch.setattr(device.shutil, "which", lambda name: f"/usr/bin/{name}")
+    device.check_compiler(torch.device("cpu"), compile=True, cuda_graphs=False)

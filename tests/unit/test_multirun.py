@@ -256,3 +256,68 @@ def test_one_run_batch_is_the_plain_model(dataset, tmp_path):
     train.train_runs([train.Run(b, dataset, train.RunOptions(seed=1), tmp_path / "b")], HP)
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     assert isinstance(multirun.make("grouped", [a], torch.device("cpu")), multirun.Single)
+
+
+CASES = [(net, m) for net in (*models.PAPER_NETWORKS, NET) for m in ("single", "vmap")]
+CASES += [(net, "grouped") for net in ("resnet20", "resnet56", NET)]  # the networks batched
+
+
+@pytest.mark.parametrize("name,method", CASES)
+def test_masks_share_their_parameters_strides(name, method):
+    """_foreach_mul_ takes its one-kernel path only when every (gradient or weight, mask) pair
+    has equal strides; the parameters are channels_last, so the masks must be too (meta device
+    where it can: strides without memory)."""
+    dev = torch.device("cpu" if method == "grouped" else "meta")
+    nets = []
+    for _ in range(1 if method == "single" else 2):
+        with dev:
+            nets.append(models.build(name))
+    state = {k: torch.ones(v.shape, dtype=torch.bool) for k, v in nets[0].state_dict().items()}
+    mask = {k: state[k] for k in models.prunable(nets[0], name)}
+    group = multirun.make(method if method != "single" else "grouped", nets, dev)
+    params, masks = group.masked(group.wide_mask([mask] * len(nets)))
+    assert len(params) == len(mask)
+    for p, m in zip(params, masks, strict=True):
+        assert m.stride() == p.stride() and m.dtype == p.dtype and m.device == p.device
+
+
+def test_gradients_share_their_masks_strides_after_a_step(dataset):
+    m = _model(1)
+    state = m.state_dict()
+    mask = prune.global_magnitude(state, prune.full_mask(state, models.prunable(m, NET)), 0.5)
+    group = multirun.make("grouped", [m], torch.device("cpu"))
+    params, masks = group.masked(mask)
+    x = dataset.train_x[:8]
+    out = group.logits([x], group.normaliser(HP, "cpu"), step=True)
+    torch.nn.functional.cross_entropy(out[0], dataset.train_y[:8]).backward()
+    assert all(p.grad.stride() == k.stride() for p, k in zip(params, masks, strict=True))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_only_the_training_step_runs_the_compiled_forward(dataset, tmp_path, monkeypatch, n):
+    """Evaluation (under inference_mode) and telemetry use the eager module; the compiled one
+    (CUDA graphs on a GPU) sees training steps only -- evaluating a CUDA-graph module first
+    under inference_mode breaks it (pytorch/pytorch#135892)."""
+    calls = []
+
+    def fake_compiled(module, mode):
+        def forward(x):
+            calls.append((torch.is_inference_mode_enabled(), x.shape[0]))
+            return module(x)
+
+        return forward
+
+    monkeypatch.setattr(multirun, "_compiled", fake_compiled)
+    runs = [
+        train.Run(
+            _model(s),
+            dataset,
+            train.RunOptions(seed=s, compile=True, log_every=2),
+            tmp_path / str(s),
+        )
+        for s in SEEDS[:n]
+    ]
+    res = train.train_runs(runs, HP, log=lambda s: None)
+    steps = HP.total_iterations(dataset.train_x.shape[0])
+    assert len(calls) == steps and not any(inference for inference, _ in calls)
+    assert len(res[0].metrics.eval_iteration) >= 2  # evaluations ran, through the eager module

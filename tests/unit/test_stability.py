@@ -189,3 +189,26 @@ def test_summary_across_seeds_and_identity_check(data_file, trained, tmp_path):
     shutil.copy(paths[1], wrong)
     with pytest.raises(ValueError, match="seed 2 .*expected 1"):
         stability.summarise([str(wrong)], tmp_path / "again.h5", NET)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_interpolation_evaluates_with_the_copies_kernels(data_file, trained, precision, tmp_path):
+    """The interpolate job applies the precision its copies were trained (and evaluated) in --
+    the TF32 switches included -- and records it; copies of two precisions are refused."""
+    _, out = trained
+    copies = []
+    for c in out[1]:
+        dst = tmp_path / c.name
+        shutil.copytree(c, dst)
+        with h5py.File(dst / "metrics.h5", "a") as f:
+            f.attrs["precision"] = precision
+        copies.append(dst)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"  # the opposite of what it needs
+    r = _measure(data_file, copies, 1)
+    assert r["attrs"]["precision"] == precision
+    assert torch.backends.cuda.matmul.allow_tf32 == (precision == "tf32")
+    assert torch.backends.cudnn.allow_tf32 == (precision == "tf32")
+    with h5py.File(copies[1] / "metrics.h5", "a") as f:
+        f.attrs["precision"] = "bf16"
+    with pytest.raises(ValueError, match="different precisions"):
+        _measure(data_file, copies, 1)

@@ -41,10 +41,10 @@ def test_rotation_direction_is_counter_clockwise():
 
 def test_rotation_draws_are_keyed_by_generator():
     x, y = _images(), torch.zeros(64, dtype=torch.int64)
-    _, a = tasks.rotate(x, y, tasks.batch_generator(3, 17, "cpu"))
-    _, b = tasks.rotate(x, y, tasks.batch_generator(3, 17, "cpu"))  # resumed job, same step
-    _, c = tasks.rotate(x, y, tasks.batch_generator(3, 18, "cpu"))  # next step
-    _, d = tasks.rotate(x, y, tasks.batch_generator(4, 17, "cpu"))  # other replicate
+    _, a = tasks.rotate(x, y, tasks.batch_generator(3, 17))
+    _, b = tasks.rotate(x, y, tasks.batch_generator(3, 17))  # resumed job, same step
+    _, c = tasks.rotate(x, y, tasks.batch_generator(3, 18))  # next step
+    _, d = tasks.rotate(x, y, tasks.batch_generator(4, 17))  # other replicate
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
 
 
@@ -147,3 +147,17 @@ def test_unknown_task_lists_known_ones():
         tasks.get("jigsaw")
     assert "jigsaw" in str(err.value)
     assert all(name in str(err.value) for name in tasks.REGISTRY)
+
+
+def test_task_draws_come_from_cpu_generators_whatever_the_data_device():
+    """The same seed gives the same rotations on any device: every generator is a CPU one
+    (rng.generator takes no device), draws are made on the CPU and moved to the batch."""
+    assert tasks.batch_generator(3, 17).device.type == "cpu"
+    assert "device" not in tasks.rng.generator.__code__.co_varnames
+    x, y = _images(), torch.zeros(64, dtype=torch.int64)
+    _, n = tasks.rotate(x, y, tasks.batch_generator(3, 17))
+    expected = torch.randint(4, (64,), generator=tasks.batch_generator(3, 17))
+    assert torch.equal(n, expected)
+    # on another device the labels are the CPU draw moved there (meta: shapes only, no data)
+    _, n_meta = tasks.rotate(x.to("meta"), y.to("meta"), tasks.batch_generator(3, 17))
+    assert n_meta.device.type == "meta" and n_meta.shape == expected.shape

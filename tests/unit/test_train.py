@@ -222,3 +222,33 @@ def test_fused_sgd_matches_the_reference_sgd():
         nets[0].state_dict().items(), nets[1].state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_under_other_kernels_continues_and_records_them(dataset, tmp_path, monkeypatch):
+    """A state saved on one device model / thread count / compile setting is continued on
+    another (a requeued SLURM job on another GPU model), not thrown away; the log says so and the
+    result records each stretch's kernels. Under the same kernels: one stretch, bit-identical."""
+    from pipeline_scripts.earlyphase import device
+
+    work = tmp_path / "run"
+    opts = train.RunOptions(seed=1, log_every=2, batch_fn=_interrupt_at(5, "sigterm"))
+    with pytest.raises(train.Interrupted):
+        train.train(_model(), dataset, HP, opts, workdir=work, log=lambda s: None)
+    real = device.kernels
+    monkeypatch.setattr(
+        train.devices, "kernels", lambda *a, **k: {**real(*a, **k), "device": "another GPU"}
+    )
+    lines = []
+    res = train.train(
+        _model(), dataset, HP, replace(opts, batch_fn=None), workdir=work, log=lines.append
+    )
+    (resumed,) = [line for line in lines if line.startswith("resumed from")]
+    at = int(resumed.split("at iteration ")[1].split("/")[0])
+    assert any("resuming under other kernels (device" in line for line in lines)
+    assert [k["device"] for k in res.kernels][1] == "another GPU"
+    assert res.kernels[0]["from_iteration"] == 0 and res.kernels[1]["from_iteration"] == at > 0
+    monkeypatch.undo()
+    same = train.train(_model(), dataset, HP, replace(opts, batch_fn=None), workdir=tmp_path / "x")
+    assert (
+        len(same.kernels) == 1 and same.kernels[0]["device"] == real(torch.device("cpu"))["device"]
+    )
