@@ -25,8 +25,10 @@ with open(_SCHEMA) as _f:
     config_check.coerce(config, yaml.safe_load(_f))
 validate(config, _SCHEMA, set_default=True)
 # (registry checks in a child process: torch stays out of the planning process; their success
-# is remembered in the run directory's .snakemake/)
-config_check.check(config, cache_dir=".snakemake", isolate=True)
+# is remembered in the run directory's .snakemake/). A job's own Snakemake (on SLURM, two per job:
+# the job's and its srun step's) re-parses the workflow; the planning already checked the config.
+if workflow.is_main_process:
+    config_check.check(config, cache_dir=".snakemake", isolate=True)
 
 
 def _sorted_keys(value):
@@ -44,6 +46,12 @@ config["perturb"]["variants"] = {
 }
 config["pretrain"]["hparams"] = _sorted_keys(config["pretrain"]["hparams"])
 
+
+# The compilers' caches (runtime.compile / cuda_graphs) in the run directory, where every job of
+# the run finds them (jobs inherit the environment, on SLURM too): the first job of a network
+# compiles cold, the others load the kernels (tools/gpu.py check measures both).
+for _var, _sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+    os.environ.setdefault(_var, os.path.abspath(os.path.join(".cache", _sub)))
 
 NETWORKS = config["networks"]
 SEEDS = config["seeds"]

@@ -72,7 +72,10 @@ def configure(threads: int, deterministic: bool = True) -> None:
     if deterministic:
         # before the first cuBLAS handle (nothing here has touched CUDA yet)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # torch.use_deterministic_algorithms also sets Inductor's `deterministic` option, and
+    # importing Inductor for it costs ~2 s of every job's start (measured); the switch itself is
+    # this call, and compiled runs set Inductor's option when they compile (train_runs).
+    torch._C._set_deterministic_algorithms(deterministic, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -364,6 +365,7 @@ def finish(
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # tools/overhead.py reads sacct with it
         "python": platform.python_version(),
         "data_file": str(job.data_path),
         # recomputed from the arrays this job loaded and checked against the file (data.load)
@@ -458,10 +460,14 @@ def run_group(
                 )
         if len(jobs) > 1 and j.out_telemetry:
             raise ValueError(f"seed {j.seed}: telemetry needs a job of its own (runs_per_job 1)")
+    clock = JobClock()  # this process started, imported torch and the package, and is here
     device.configure_from(first.runtime, first.threads)
     dev = device.select_from(first.runtime)
+    clock.mark("device")
     ds = data.load(first.data_path, dev)
+    clock.mark("data")
     prepared = [prepare(j, ds, dev) for j in jobs]
+    clock.mark("prepare")
     for p in prepared:
         log(describe(p))
     starts = {p.opts.start_iteration for p in prepared}
@@ -476,9 +482,56 @@ def run_group(
         network=first.network,
         method=method,
         log=log,
+        on_step=clock.on_step,
     )
-    extra = {"runs_per_job": len(jobs), "multirun_method": method} if len(jobs) > 1 else None
-    return [
+    clock.mark("train")
+    extra = {"runs_per_job": len(jobs), "multirun_method": method} if len(jobs) > 1 else {}
+    extra["job_phases"] = json.dumps(clock.phases())  # up to the end of training
+    out = [
         finish(p, r.metrics, r.snapshots, started, log, extra, r.kernels)
         for p, r in zip(prepared, results, strict=True)
     ]
+    clock.mark("write")
+    log("job phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in clock.phases().items()))
+    return out
+
+
+class JobClock:
+    """Where a training job's wall time goes beside the training itself: the seconds of each
+    phase -- the Snakemake process that runs the job (on SLURM it parses the workflow first) up
+    to the start of this process, its imports (torch), device set-up, the data (read and
+    sha256-checked), preparing the runs, the first step (with compilation, when compiled), the
+    rest of training with its evaluations, and writing the outputs."""
+
+    def __init__(self):
+        import psutil
+
+        me = psutil.Process()
+        self.marks = [("process_start", me.create_time())]
+        try:
+            parent = me.parent()
+            if parent is not None and "snakemake" in " ".join(parent.cmdline()):
+                self.marks = [
+                    ("snakemake_start", parent.create_time()),
+                    ("snakemake", me.create_time()),
+                ]
+        except psutil.Error:  # the parent is gone or hidden: start at this process
+            pass
+        self.mark("imports")
+        self._calls = 0
+
+    def mark(self, phase: str) -> None:
+        """``phase`` ends now (it began where the previous one ended)."""
+        self.marks.append((phase, time.time()))
+
+    def on_step(self, it: int) -> None:
+        self._calls += 1
+        if self._calls == 2:  # train_runs calls it before the first step and after every step
+            self.mark("first_step")
+
+    def phases(self) -> dict:
+        """{phase: seconds}, in order."""
+        return {
+            name: round(t - t_prev, 3)
+            for (_, t_prev), (name, t) in zip(self.marks, self.marks[1:], strict=False)
+        }

@@ -379,6 +379,9 @@ def train_runs(
     normalise = group.normaliser(hp, device)
     mode = compile_mode(opts, device)
     if mode is not None:
+        import torch._inductor.config as inductor  # (device.configure leaves it unimported)
+
+        inductor.deterministic = torch.are_deterministic_algorithms_enabled()
         devices.check_compiler(device, compile=opts.compile, cuda_graphs=mode == "reduce-overhead")
         group.compile(None if mode == "default" else mode)
     if opts.cuda_graphs and device.type != "cuda":

@@ -231,5 +231,6 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
         (2, "processes", False),
     }
     assert all(x["img_s"] > 0 for x in rows)
+    assert set(r["startup"]) == {"graphs_off", "graphs_on_cold_cache", "graphs_on_warm_cache"}
     for phases in r["startup"].values():
         assert 0 < phases["imports"] <= phases["data_loaded"] <= phases["first_step_done"]

@@ -401,3 +401,27 @@ def test_metrics_record_the_verified_data_hash(setup):
         arrays = {n: f[n][()] for n in data.ARRAYS}
     hashes = data.content_hashes(arrays)
     assert recorded == (hashes["sha256_content"], hashes["sha256_train_images"])
+
+
+def test_a_job_records_where_its_time_went(setup, tmp_path):
+    """Every training job writes its phases (runs.JobClock) and SLURM job id into its metrics;
+    tools/overhead.py reads them back (sacct only for jobs that ran under SLURM)."""
+    import json
+
+    from pipeline_scripts.tools import overhead
+
+    root = tmp_path / "run"
+    out = root / "results" / NET / "seed1" / "dense"
+    runs.run(make_job(setup[0] / "d.h5", out, network=NET, hparams=HP, log_every=1), log=print)
+    with h5py.File(out / "metrics.h5") as f:
+        phases = json.loads(f.attrs["job_phases"])
+        assert f.attrs["slurm_job_id"] == ""
+    assert list(phases)[-6:] == ["imports", "device", "data", "prepare", "first_step", "train"]
+    assert all(v >= 0 for v in phases.values()) and phases["imports"] > 0
+    result = overhead.summarise(root)
+    (row,) = result["jobs"]
+    assert row["elapsed"] is None and row["outside"] is None  # not a SLURM job
+    assert row["fixed"] == pytest.approx(
+        sum(phases.values()) - phases["first_step"] - phases["train"]
+    )
+    assert "median" in overhead.table(result)
