@@ -60,6 +60,10 @@ PAPER_RESNET20 = (91.5, 0.2)  # Table A1: ResNet-20 test accuracy, mean +- std (
 # A GPU plan: the GPU is the contended resource, so other processes' CPU use is not a reason to
 # drop a window (the process-sharing measurement runs N processes on purpose).
 GPU_PLAN = bench.Plan(warmup_steps=20, warmup_s=3.0, window_s=2.0, windows=5, max_other_cores=1e9)
+# The check's shorter plan: ~5 s a configuration, so the whole check fits 8 minutes (estimated:
+# (a) ~3 min with one cold compile of ResNet-20, (b) ~0.5, (c) 10 rows ~1 plus three cold
+# compiles ~2, (d) ~1).
+CHECK_PLAN = bench.Plan(warmup_steps=10, warmup_s=1.0, window_s=1.0, windows=3, max_other_cores=1e9)
 
 
 def configure(threads: int | None = None) -> dict:
@@ -235,10 +239,10 @@ def grid_rows(args) -> list[dict]:
     return rows
 
 
-def grid(args, log=print, write=lambda result: None, rows=None) -> dict:
+def grid(args, log=print, write=lambda result: None, rows=None, plan=GPU_PLAN) -> dict:
     runtime = configure()
     dev = device.select("auto")
-    plan = GPU_PLAN.scaled(args.quick)
+    plan = plan.scaled(args.quick)
     out = {
         "device": bench._machine(dev, torch.get_num_threads())["device"],
         "runtime": {k: runtime.get(k) for k in ("deterministic", "threads", "precision")},
@@ -494,9 +498,10 @@ def check(args, write, log=print) -> dict:
                     f"(b) {net} {key}: {result['launches'][key].get('per_step', 'failed')} per step"
                 )
         write(result)
-    sub = argparse.Namespace(**{**vars(args), "share_seconds": 1.0 if args.quick else 6.0})
+    sub = argparse.Namespace(**{**vars(args), "share_seconds": 1.0 if args.quick else 3.0})
     result["grid"] = grid(
         sub,
+        plan=CHECK_PLAN,
         log=lambda s: log("(c) " + s),
         rows=check_rows(args.quick),
         write=lambda g: (result.__setitem__("grid", g), write(result)),
