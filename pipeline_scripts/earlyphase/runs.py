@@ -486,7 +486,7 @@ def run_group(
     )
     clock.mark("train")
     extra = {"runs_per_job": len(jobs), "multirun_method": method} if len(jobs) > 1 else {}
-    extra["job_phases"] = json.dumps(clock.phases())  # up to the end of training
+    extra["job_phase_seconds"] = json.dumps(clock.phases())  # up to the end of training
     out = [
         finish(p, r.metrics, r.snapshots, started, log, extra, r.kernels)
         for p, r in zip(prepared, results, strict=True)

@@ -2,7 +2,7 @@
 
     python -m pipeline_scripts.tools.overhead runs/<run> [--json overhead.json]
 
-For every metrics file under ``<run>/results`` that records its job's phases (``job_phases``,
+For every metrics file under ``<run>/results`` that records its job's phases (``job_phase_seconds``,
 written by ``runs.JobClock``): the Snakemake process that ran the job (on SLURM it parses the
 workflow before the rule runs), the Python process's imports, device set-up, data load and hash,
 preparing the runs, the first training step (compilation included), the rest of training, and
@@ -30,12 +30,12 @@ def jobs(run_dir: Path) -> list[dict]:
     out = []
     for path in sorted((run_dir / "results").rglob("metrics.h5")):
         with h5py.File(path) as f:
-            if "job_phases" not in f.attrs:
+            if "job_phase_seconds" not in f.attrs:
                 continue
             out.append(
                 {
                     "metrics": str(path.relative_to(run_dir)),
-                    "phases": json.loads(f.attrs["job_phases"]),
+                    "phases": json.loads(f.attrs["job_phase_seconds"]),
                     "slurm_job_id": str(f.attrs.get("slurm_job_id", "")),
                 }
             )

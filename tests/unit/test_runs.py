@@ -414,7 +414,7 @@ def test_a_job_records_where_its_time_went(setup, tmp_path):
     out = root / "results" / NET / "seed1" / "dense"
     runs.run(make_job(setup[0] / "d.h5", out, network=NET, hparams=HP, log_every=1), log=print)
     with h5py.File(out / "metrics.h5") as f:
-        phases = json.loads(f.attrs["job_phases"])
+        phases = json.loads(f.attrs["job_phase_seconds"])
         assert f.attrs["slurm_job_id"] == ""
     assert list(phases)[-6:] == ["imports", "device", "data", "prepare", "first_step", "train"]
     assert all(v >= 0 for v in phases.values()) and phases["imports"] > 0
