@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: laptop test test-avx2 smoke lint rulegraph
+.PHONY: laptop test test-avx2 smoke lint rulegraph report plan dag
 
 $(STAMP): pyproject.toml envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,22 @@ test-avx2: $(STAMP)
 
 smoke: $(STAMP)
 	$(BIN)/snakemake --profile profiles/smoke
+
+# After a run: its report, what would run, its job graph (PRESET=laptop by default; DIR= another
+# run directory than the preset's runs/<preset>). The run directory keeps the data it was made
+# with, so none of these repeats DATA=.
+PRESET ?= laptop
+RUN = --profile profiles/$(PRESET) $(if $(DIR),--directory $(DIR))
+report: $(STAMP)
+	$(BIN)/snakemake $(RUN) --report report.html
+	@echo "report: $(or $(DIR),runs/$(PRESET))/report.html"
+plan: $(STAMP)
+	$(BIN)/snakemake $(RUN) -n
+dag: $(STAMP)
+	$(BIN)/snakemake $(RUN) --dag --quiet all > $(or $(DIR),runs/$(PRESET))/dag.dot
+	@if command -v dot >/dev/null; then dot -Tsvg $(or $(DIR),runs/$(PRESET))/dag.dot \
+	    > $(or $(DIR),runs/$(PRESET))/dag.svg && echo "dag: $(or $(DIR),runs/$(PRESET))/dag.svg"; \
+	else echo "dag: $(or $(DIR),runs/$(PRESET))/dag.dot (install graphviz for an SVG)"; fi
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -24,6 +24,15 @@ _SCHEMA = os.path.join(workflow.basedir, "config.schema.yaml")
 with open(_SCHEMA) as _f:
     config_check.coerce(config, yaml.safe_load(_f))
 validate(config, _SCHEMA, set_default=True)
+DATA_FILE = "results/data/cifar10.h5"
+# The data belongs to the run directory: once prepared, later commands on it use it (a command
+# naming other data on its --config is refused), so `-n`, `--report` and targets need no
+# `--config data=...` again.
+_data_note = config_check.data_of_the_run(
+    config, DATA_FILE, (workflow.config_settings.config or {}).get("data")
+)
+if _data_note and workflow.is_main_process:
+    print(_data_note, file=sys.stderr)
 # (registry checks in a child process: torch stays out of the planning process; their success
 # is remembered in the run directory's .snakemake/). A job's own Snakemake (on SLURM, two per job:
 # the job's and its srun step's) re-parses the workflow; the planning already checked the config.
@@ -59,7 +68,6 @@ DENSE_CKPTS = sorted(config["dense"]["checkpoint_iterations"])
 IMP = config["imp"]
 IMP_REWINDS = sorted(IMP["rewind_iterations"])
 IMP_LEVELS = list(range(1, IMP["levels"] + 1))
-DATA_FILE = "results/data/cifar10.h5"
 # Figures list their plotting code as an input: editing it redraws figures and nothing else.
 PLOTS_CODE = os.path.join(workflow.basedir, "pipeline_scripts", "earlyphase", "plots.py")
 

@@ -122,6 +122,59 @@ def coerce(config: dict, schema: dict) -> None:
     walk(config, schema)
 
 
+# ---- the data belongs to the run directory -----------------------------------------------------
+def _same_source(a: dict, b: dict) -> bool:
+    if a["source"] != b["source"]:
+        return False
+    if a["source"] != "imagefolder":
+        return True
+    return os.path.realpath(str(a.get("path"))) == os.path.realpath(str(b.get("path")))
+
+
+def _describe(d: dict) -> str:
+    return d["source"] + (f" from {d['path']}" if d["source"] == "imagefolder" else "")
+
+
+def data_of_the_run(config: dict, data_file: str, command_line: dict | None) -> str | None:
+    """Make the run directory's data the config's: once ``data_file`` exists, its recorded
+    source (``source``, ``source_path``) replaces the config's ``data.source``/``data.path``
+    from config.yaml and the preset's overlay, so every later command on the run directory
+    (``-n``, ``--report``, ``--dag``, a target) plans with the data it was made with, without
+    repeating ``--config data=...``. A command whose own ``--config`` (``command_line``) names
+    other data is refused (ConfigError on ``data.source``). Returns a line to log when the
+    record replaced a differing config value, else None. ``data.path`` is made absolute as
+    prepare_data records it, so the two spell it alike (no re-run for a spelling)."""
+    if config["data"].get("path"):
+        config["data"]["path"] = str(Path(config["data"]["path"]).expanduser().absolute())
+    if not os.path.exists(data_file):
+        return None
+    import h5py  # the planning process stays without torch; h5py is light
+
+    with h5py.File(data_file, "r") as f:
+        path = f.attrs.get("source_path")
+        recorded = {"source": str(f.attrs["source"]), "path": str(path) if path else None}
+    data = config["data"]
+    asked = {"source": data["source"], "path": data.get("path")}
+    if command_line and ("source" in command_line or "path" in command_line):
+        if not _same_source(asked, recorded):
+            raise ConfigError(
+                "data.source",
+                f"this run directory ({os.getcwd()}) was made with data {_describe(recorded)} "
+                f"({data_file}); this command asks for {_describe(asked)}. A run directory keeps "
+                "its data: drop the data choice from the command to use it, or give the new data "
+                "its own run directory (--directory runs/<new name>), or delete this one's "
+                "results/ to start it over.",
+            )
+        return None
+    if _same_source(asked, recorded):
+        return None
+    data["source"], data["path"] = recorded["source"], recorded["path"]
+    return (
+        f"data: this run directory was made with {_describe(recorded)} ({data_file}); using it "
+        f"(the config says {_describe(asked)})"
+    )
+
+
 # ---- the checks -------------------------------------------------------------------------------
 def n_train(config: dict) -> int | None:
     """Training images each job will see, if known before prepare_data runs."""

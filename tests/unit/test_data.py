@@ -398,3 +398,37 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     with atomic_path(tmp_path / "x.h5") as tmp:
         tmp.write_text("whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".y.h5.abc123.tmp", "x.h5"]
+
+
+def test_the_run_directory_keeps_its_data(tmp_path, tree, monkeypatch):
+    """config_check.data_of_the_run: once results/data/cifar10.h5 exists, its recorded source
+    replaces the config's (a later command names no data), and a command naming other data on
+    its --config is refused naming data.source."""
+    from pipeline_scripts.earlyphase import config_check
+
+    root, _ = tree
+    monkeypatch.chdir(tmp_path)
+    data_file = "results/data/cifar10.h5"
+
+    def config(**data):
+        return {"data": {"source": "torchvision", "path": None, **data}}
+
+    before = config(source="imagefolder", path="tree")
+    assert config_check.data_of_the_run(before, data_file, None) is None  # nothing prepared yet
+    assert before["data"]["path"] == str(tmp_path / "tree")  # spelled as prepare_data records it
+    Path(data_file).parent.mkdir(parents=True)
+    data.prepare(data_file, "imagefolder", path=str(root))
+    later = config()  # the preset's default source, no data on the command line
+    note = config_check.data_of_the_run(later, data_file, None)
+    assert later["data"]["source"] == "imagefolder" and later["data"]["path"] == str(root)
+    assert "was made with imagefolder" in note and "the config says torchvision" in note
+    same = config(source="imagefolder", path=str(root))
+    assert config_check.data_of_the_run(same, data_file, {"source": "imagefolder"}) is None
+    other = config()
+    with pytest.raises(
+        config_check.ConfigError, match="data.source.*was made with data imagefolder"
+    ):
+        config_check.data_of_the_run(other, data_file, {"source": "torchvision"})
+    moved = config(source="imagefolder", path=str(tmp_path / "elsewhere"))
+    with pytest.raises(config_check.ConfigError, match="asks for imagefolder from .*elsewhere"):
+        config_check.data_of_the_run(moved, data_file, {"path": "elsewhere"})

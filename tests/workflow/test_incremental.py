@@ -351,9 +351,11 @@ KILL_TARGETS = ("results/figures/figure1/resnet8_w4.png", "results/figures/figur
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_losing_finished_jobs(smoke_session, tmp_path):
+def test_killed_run_resumes_without_losing_finished_jobs(
+    smoke_session, smoke_data_config, tmp_path
+):
     out = tmp_path / "killed"
-    cmd = [*SNAKEMAKE, *KILL_TARGETS, *SMOKE, "--directory", str(out)]
+    cmd = [*SNAKEMAKE, *KILL_TARGETS, *SMOKE, "--directory", str(out), *smoke_data_config]
     rng = random.Random(85)
     kills: list[Kill] = []
     refusals = 0  # restarts that stopped at a killed run's stale lock

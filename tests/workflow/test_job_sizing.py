@@ -64,7 +64,9 @@ def test_no_writes_into_snakemakes_private_state_and_a_minimum_version():
     assert re.search(r'^min_version\("9\.\d+"\)', (ROOT / "Snakefile").read_text(), re.M)
 
 
-def test_perturbation_variants_train_together_with_the_same_outputs(smoke_run, tmp_path):
+def test_perturbation_variants_train_together_with_the_same_outputs(
+    smoke_run, smoke_data_config, tmp_path
+):
     """runtime.variants_per_job = 2: the variants of one (k, level) are one job of two runs (each
     its own perturbation, files and metrics), equal to the one-variant jobs to float tolerance."""
     import h5py
@@ -76,7 +78,7 @@ def test_perturbation_variants_train_together_with_the_same_outputs(smoke_run, t
     overlay.write_text("runtime: {variants_per_job: 2}\n")
     work = tmp_path / "grouped"
     args = ["--profile", "profiles/smoke", "--directory", str(work)]
-    args += ["--configfile", "config.yaml", "config/smoke.yaml", str(overlay)]
+    args += ["--configfile", "config.yaml", "config/smoke.yaml", str(overlay), *smoke_data_config]
     branch = "results/resnet8_w4/seed1/perturb/rewind4/level2"
     variants = ["signs_k_mags_0", "shuffle_layer"]  # the first chunk of the smoke run's variants
     smk(*[f"{branch}/{v}/metrics.h5" for v in variants], *args)

@@ -81,8 +81,11 @@ def test_report_has_every_figure_with_its_caption(smoke_report):
 def test_report_states_the_config_and_run_statistics(smoke_report):
     _, page = smoke_report
     desc = html.unescape(_js_value(page, "workflow_desc"))
-    assert "Preset: smoke" in desc and "The Early Phase of Neural Network Training" in desc
-    assert "training images: 512" in desc  # the preset's scale, then the whole config
+    # the session's smoke run was made with an image folder: a scaled-down run, not generated data
+    assert (
+        "Preset: a scaled-down run" in desc and "The Early Phase of Neural Network Training" in desc
+    )
+    assert "training images: all" in desc  # the image folder's, then the whole config
     assert '"networks": [\n' in desc and f'"{NET}"' in desc and '"n_train": 512' in desc
     runtimes = json.dumps(_js_value(page, "runtimes_spec"))
     for rule in ("train_dense", "train_imp_level", "claims"):
@@ -120,3 +123,51 @@ def test_claims_outputs_and_their_table_in_the_report(smoke_report):
     assert '<table id="claims">' in embedded and "Scale of this run" in embedded
     for cid in verdicts:
         assert f"<td>{cid}</td>" in embedded
+
+
+@pytest.mark.slow
+def test_the_report_names_the_data_the_run_was_made_with(smoke_report, smoke_data):
+    """The session's run was made with `--config data=<image folder>`; the report command,
+    as the README writes it (no data choice), describes that data, not the preset's."""
+    _, page = smoke_report
+    text = html.unescape(page)
+    assert f"Data: imagefolder ({smoke_data})" in text
+    assert '"source": "imagefolder"' in text and "Data: synthetic" not in text
+
+
+def test_a_command_naming_other_data_is_refused(smoke_run):
+    out, _ = smoke_run
+    proc = smk(
+        "--profile", "profiles/smoke", "--directory", str(out), "-n",
+        "--config", 'data={"source": "synthetic"}', check=False,
+    )  # fmt: skip
+    text = proc.stdout + proc.stderr  # Snakemake prints a workflow's error on stdout
+    assert proc.returncode != 0
+    assert "config key data.source" in text and "was made with data imagefolder" in text
+    assert "--directory runs/<new name>" in text
+
+
+def test_the_make_targets_after_a_run(smoke_run, tmp_path):
+    """`make plan`, `make report` and `make dag` on a finished run (PRESET/DIR select it), with
+    no data choice: nothing to do, a report of the run's data, the job graph."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_incremental import copy_run
+
+    out = copy_run(smoke_run[0], tmp_path / "run")  # report.html and dag.* land in the run
+    root = Path(__file__).resolve().parents[2]
+    make = ["make", "-o", ".venv/.installed-stamp", f"BIN={Path(sys.executable).parent}"]
+    args = ["PRESET=smoke", f"DIR={out}"]
+
+    def run(target):
+        proc = subprocess.run([*make, target, *args], cwd=root, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    assert "Nothing to be done" in run("plan")
+    assert f"report: {out}/report.html" in run("report")
+    assert "Data: imagefolder" in html.unescape((out / "report.html").read_text())
+    run("dag")
+    assert (out / "dag.dot").read_text().startswith("digraph")

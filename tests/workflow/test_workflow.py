@@ -237,7 +237,9 @@ def test_checked_in_rule_graph_is_current():
 
 
 @pytest.mark.slow
-def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp_path):
+def test_runs_per_job_trains_seeds_together_with_the_same_outputs(
+    smoke_run, smoke_data_config, tmp_path
+):
     """runtime.runs_per_job = 2 for the network: one job per seed pair, same per-seed files, the
     config's threads and resources declared on the grouped rules, results equal to separate jobs
     up to float tolerance."""
@@ -254,6 +256,7 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(smoke_run, tmp
         "config.yaml",
         "config/smoke.yaml",
         str(overlay),
+        *smoke_data_config,  # the session run's data (a fresh directory has none recorded)
     ]
     counts = job_counts(smk(*args, "-n").stdout)
     assert counts["train_imp_level_seeds1_2"] == 12 and "train_imp_level" not in counts
