@@ -24,7 +24,7 @@ _SCHEMA = os.path.join(workflow.basedir, "config.schema.yaml")
 with open(_SCHEMA) as _f:
     config_check.coerce(config, yaml.safe_load(_f))
 validate(config, _SCHEMA, set_default=True)
-DATA_FILE = "results/data/cifar10.h5"
+DATA_FILE = config_check.DATA_FILE  # results/data/cifar10.h5
 # The data belongs to the run directory: once prepared, later commands on it use it (a command
 # naming other data on its --config is refused), so `-n`, `--report` and targets need no
 # `--config data=...` again.

@@ -11,11 +11,12 @@ kind's signature and accepted values (``perturb.REGISTRY``, by applying it to a 
 network), task names against ``tasks.REGISTRY``, empty lists that would leave a figure empty
 (perturbation levels and rewind points, pre-training durations, sparse levels, IMP rewind points),
 ``perturb.figure8_level`` among the perturbed levels, every rewind point a checkpoint the dense
-runs keep, checkpoint iterations within each network's training length (``epochs *
-ceil(n_train / batch_size)``; known at planning when ``data.n_train`` is set, for the synthetic
-source and for torchvision's CIFAR-10, 50,000 images; for an image folder without ``n_train`` the
-count exists only after prepare_data, and ``train.train`` checks it when the dense job starts),
-and pre-training durations whose path spellings (``e{E:g}``) collide or do not fit the path scheme.
+runs keep, the data (an image folder's ``data.path`` exists; ``data.n_train`` / ``n_test`` are at
+most what the source holds: 50,000 / 10,000 for torchvision's CIFAR-10, the generator's settings
+for synthetic data, an image folder's images counted by ``folder_count``), checkpoint iterations
+and learning-rate milestones within each network's training length (``epochs * ceil(n_train /
+batch_size)``; a milestone at or beyond it would never drop the learning rate), and pre-training
+durations whose path spellings (``e{E:g}``) collide or do not fit the path scheme.
 
 The registry checks import torch; Snakemake runs them in a child process (``isolate``), so the
 planning process stays without torch, and remembers their success per (names, variants,
@@ -35,9 +36,11 @@ from pathlib import Path
 
 import yaml
 
+from . import folder_count
+from .data_types import SYNTHETIC_DEFAULTS
 from .hparams import TrainingHparams
 
-CIFAR10_TRAIN = 50_000  # torchvision's CIFAR-10 training set
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000  # torchvision's CIFAR-10 splits
 EPOCHS_SPELLING = re.compile(r"\d+(\.\d+)?")  # the {epochs} wildcard of rules/common.smk
 
 
@@ -176,16 +179,72 @@ def data_of_the_run(config: dict, data_file: str, command_line: dict | None) -> 
 
 
 # ---- the checks -------------------------------------------------------------------------------
-def n_train(config: dict) -> int | None:
-    """Training images each job will see, if known before prepare_data runs."""
+DATA_FILE = "results/data/cifar10.h5"  # relative to the run directory (rules/common.smk)
+
+
+def source_size(config: dict, data_file: str = DATA_FILE, cache_dir=None) -> dict | None:
+    """{"train": n, "test": n}: the images ``data.source`` holds before any subset (``None`` if
+    that cannot be known: an image folder that is missing or not in the layout, which
+    ``_data_and_dense`` reports). An image folder is counted (``folder_count``), once per
+    (path, size, modification time) when ``cache_dir`` is given; a run directory whose data file
+    was made from this source reads the counts prepare_data recorded."""
+    data = config["data"]
+    if data["source"] == "synthetic":
+        synthetic = {**SYNTHETIC_DEFAULTS, **(data.get("synthetic") or {})}
+        return {"train": int(synthetic["n_train"]), "test": int(synthetic["n_test"])}
+    if data["source"] == "torchvision":
+        return {"train": CIFAR10_TRAIN, "test": CIFAR10_TEST}
+    recorded = _recorded_size(data, data_file)
+    if recorded is not None:
+        return recorded
+    path = Path(str(data["path"])).expanduser()
+    if not path.exists():
+        return None
+    stamp = None
+    if cache_dir is not None:
+        st = path.stat()
+        key = hashlib.sha256(f"{path.absolute()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        stamp = Path(cache_dir) / "earlyphase-config-check" / f"imagefolder-{key.hexdigest()}"
+        if stamp.exists():
+            return json.loads(stamp.read_text())
+    counts = folder_count.count(path)
+    if counts is not None and stamp is not None:
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps(counts))
+        except OSError:  # a read-only directory only costs the next planning the count
+            pass
+    return counts
+
+
+def _recorded_size(data: dict, data_file: str) -> dict | None:
+    """The source's counts as prepare_data recorded them, if ``data_file`` was made from the
+    image folder ``data.path`` (the run directory keeps its data: ``data_of_the_run``)."""
+    if not os.path.exists(data_file):
+        return None
+    import h5py
+
+    with h5py.File(data_file, "r") as f:
+        a = f.attrs
+        if str(a.get("source")) != "imagefolder" or "n_train_source" not in a:
+            return None
+        made_from = os.path.realpath(str(a.get("source_path")))
+        if made_from != os.path.realpath(str(Path(str(data["path"])).expanduser())):
+            return None
+        return {"train": int(a["n_train_source"]), "test": int(a["n_test_source"])}
+
+
+def n_train(config: dict, size: dict | None = None) -> int | None:
+    """Training images each job will see, if known before prepare_data runs: ``data.n_train``,
+    else the whole training split of the source (``size``, from ``source_size``)."""
     data = config["data"]
     if data.get("n_train") is not None:
         return int(data["n_train"])
     if data["source"] == "synthetic":
-        return int(data.get("synthetic", {}).get("n_train", 2000))
+        return int({**SYNTHETIC_DEFAULTS, **(data.get("synthetic") or {})}["n_train"])
     if data["source"] == "torchvision":
         return CIFAR10_TRAIN
-    return None  # an image folder: counted by prepare_data
+    return None if size is None else size["train"]
 
 
 def hparams(config: dict, network: str) -> dict:
@@ -198,10 +257,11 @@ def check(config: dict, cache_dir: str | Path | None = None, isolate: bool = Fal
 
     The registry checks import torch. ``isolate`` runs them in a child process (~2 s of CPU
     beside the planning), so the planning process never loads torch: with torch loaded in it,
-    planning the full config peaked at 1,046 MB instead of 554 MB (measured). With ``cache_dir`` (the run directory's ``.snakemake/``) their success is
-    remembered under a hash of what they read (the names and perturbation specs in ``config``
-    and the registries' source code), so a planning whose names, variants and registries did not
-    change skips them; a failure is never remembered."""
+    planning the full config peaked at 1,046 MB instead of 554 MB (measured). With ``cache_dir``
+    (the run directory's ``.snakemake/``) their success is remembered under a hash of what they
+    read (the names and perturbation specs in ``config`` and the registries' source code), so a
+    planning whose names, variants and registries did not change skips them; a failure is never
+    remembered. An image folder's image count is cached there too (``source_size``)."""
     key = _registry_key(config)
     stamp = Path(cache_dir) / "earlyphase-config-check" / key if cache_dir else None
     if stamp is None or not stamp.exists():
@@ -214,7 +274,7 @@ def check(config: dict, cache_dir: str | Path | None = None, isolate: bool = Fal
                 pass
     _networks(config)
     _runtime(config)
-    _data_and_dense(config)
+    _data_and_dense(config, cache_dir)
     _imp(config)
     _perturb(config)
     _pretrain(config)
@@ -350,28 +410,67 @@ def _runtime(config: dict) -> None:
         )
 
 
-def _data_and_dense(config: dict) -> None:
+def _data_and_dense(config: dict, cache_dir=None) -> None:
     data = config["data"]
-    if data["source"] == "imagefolder" and not data.get("path"):
-        raise ConfigError(
-            "data.path", "data.source is imagefolder, so data.path must name a directory or .tar.gz"
-        )
-    n = n_train(config)
-    ckpts = config["dense"]["checkpoint_iterations"]
-    if n is None or not ckpts:
+    if data["source"] == "imagefolder":
+        _image_folder_exists(data)
+    size = source_size(config, cache_dir=cache_dir)
+    if size is not None:
+        for split in ("train", "test"):
+            asked = data.get(f"n_{split}")
+            if asked is not None and asked > size[split]:
+                where = data["path"] if data["source"] == "imagefolder" else data["source"]
+                raise ConfigError(
+                    f"data.n_{split}",
+                    f"{asked:,} {split} images asked for, but the source ({where}) holds "
+                    f"{size[split]:,}; ask for at most {size[split]:,}, or null for all of them",
+                )
+    n = n_train(config, size)
+    if n is None:
         return
     for net in config["networks"]:
         hp = TrainingHparams.from_dict(hparams(config, net))
         total = hp.total_iterations(n)
-        beyond = sorted(k for k in ckpts if k > total)
+        length = (
+            f"{total} iterations (epochs {hp.epochs:g} x ceil({n} training images / batch size "
+            f"{hp.batch_size}) = {hp.epochs:g} x {hp.iterations_per_epoch(n)})"
+        )
+        beyond = sorted(k for k in config["dense"]["checkpoint_iterations"] if k > total)
         if beyond:
             raise ConfigError(
                 "dense.checkpoint_iterations",
-                f"{beyond} lie beyond the training length of {net}: {total} iterations "
-                f"(epochs {hp.epochs:g} x ceil({n} training images / batch size {hp.batch_size})"
-                f" = {hp.epochs:g} x {hp.iterations_per_epoch(n)}); the dense run never reaches "
-                "them. Lower them (and the rewind points that use them) or train longer.",
+                f"{beyond} lie beyond the training length of {net}: {length}; the dense run "
+                "never reaches them. Lower them (and the rewind points that use them) or train "
+                "longer.",
             )
+        ipe = hp.iterations_per_epoch(n)
+        never = [m for m in hp.milestones if round(m * ipe) >= total]
+        if never:
+            per_network = "milestones" in config["training"]["per_network"].get(net, {})
+            key = f"training.per_network.{net}" if per_network else "training.defaults"
+            raise ConfigError(
+                f"{key}.milestones",
+                f"learning-rate drops at epochs {never} lie at or beyond the training length of "
+                f"{net} ({hp.epochs:g} epochs = {length}), so they never happen; drop them "
+                "(milestones: [] trains at a constant learning rate) or train longer",
+            )
+
+
+def _image_folder_exists(data: dict) -> None:
+    if not data.get("path"):
+        raise ConfigError(
+            "data.path", "data.source is imagefolder, so data.path must name a directory or .tar.gz"
+        )
+    path = Path(str(data["path"])).expanduser()
+    if path.exists() or _recorded_size(data, DATA_FILE) is not None:
+        return  # (a prepared run directory no longer needs its source)
+    relative = "" if path.is_absolute() else f" (relative to the run directory {os.getcwd()})"
+    raise ConfigError(
+        "data.path",
+        f"{data['path']} does not exist{relative} (data.source is imagefolder: data.path names "
+        "a directory train/<class>/*, test/<class>/* of 32x32 images, or a .tar.gz of one); "
+        "give the path of your CIFAR-10 copy, e.g. make laptop DATA=/path/to/cifar10-jpg.tar.gz",
+    )
 
 
 def _imp(config: dict) -> None:
@@ -389,7 +488,7 @@ def _imp(config: dict) -> None:
 
 
 def _beyond(config: dict) -> None:
-    """stability and hessian (issue 14): their iterations are states the dense runs keep."""
+    """stability and hessian (beyond the paper): their iterations are states the dense runs keep."""
     st, imp = config["stability"], config["imp"]
     rewinds = sorted(st["rewind_iterations"])
     _kept_by_dense(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -432,3 +433,47 @@ def test_the_run_directory_keeps_its_data(tmp_path, tree, monkeypatch):
     moved = config(source="imagefolder", path=str(tmp_path / "elsewhere"))
     with pytest.raises(config_check.ConfigError, match="asks for imagefolder from .*elsewhere"):
         config_check.data_of_the_run(moved, data_file, {"path": "elsewhere"})
+
+
+@pytest.mark.parametrize("arcname", [None, ".", "cifar"])  # the directory, or a tar of it
+def test_the_planning_counts_an_image_folder_as_prepare_data_reads_it(tmp_path, tree, arcname):
+    """folder_count (torch-free, for the planning's data.n_train check) finds the images the
+    loader reads: ImageFolder's extensions, nested folders inside a class, nothing outside."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from pipeline_scripts.earlyphase import folder_count
+
+    assert folder_count.IMG_EXTENSIONS == IMG_EXTENSIONS
+    root, _ = tree
+    path = root if arcname is None else _targz(root, tmp_path / "tree.tar.gz", arcname)
+    prov = data.prepare(tmp_path / "d.h5", "imagefolder", path=str(path))
+    assert folder_count.count(path) == {"train": prov["n_train"], "test": prov["n_test"]}
+    assert folder_count.count(tmp_path / "missing") is None
+    (tmp_path / "empty").mkdir()
+    assert folder_count.count(tmp_path / "empty") is None  # not the layout: prepare_data says so
+
+
+def test_n_train_beyond_an_image_folder_fails_the_planning(tmp_path, tree, monkeypatch):
+    """config_check: data.n_train / n_test larger than the image folder holds name the key; the
+    count is cached per (path, size, mtime); a prepared run directory reads what prepare_data
+    recorded (and no longer needs the source)."""
+    from pipeline_scripts.earlyphase import config_check
+
+    root, _ = tree  # 13 training and 6 test images
+    monkeypatch.chdir(tmp_path)
+    config = {"data": {"source": "imagefolder", "path": str(root), "n_train": 14}}
+    cache = tmp_path / ".snakemake"
+    with pytest.raises(config_check.ConfigError, match="data.n_train: 14 train .* holds 13"):
+        config_check._data_and_dense({**config, "networks": []}, cache)
+    (stamp,) = (cache / "earlyphase-config-check").iterdir()
+    assert json.loads(stamp.read_text()) == {"train": 13, "test": 6}
+    stamp.write_text(json.dumps({"train": 20, "test": 6}))  # the cache is what is read
+    assert config_check.source_size(config, cache_dir=cache)["train"] == 20
+    Path("results/data").mkdir(parents=True)
+    data.prepare("results/data/cifar10.h5", "imagefolder", path=str(root))
+    assert config_check.source_size(config, cache_dir=None) == {"train": 13, "test": 6}
+    moved = {"source": "imagefolder", "path": str(root)}
+    root.rename(tmp_path / "elsewhere")  # prepared: the missing source is no mistake
+    config_check._image_folder_exists(moved)
+    with pytest.raises(config_check.ConfigError, match="data.path: .* does not exist"):
+        config_check._image_folder_exists({"source": "imagefolder", "path": str(tmp_path / "x")})
