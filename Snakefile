@@ -23,7 +23,7 @@
 #   results/figures/figure3/{net}.pdf|png, figureA3.pdf|png   Figure 3 / A3
 #   results/figures/figure{4..8}/{net}.pdf|png                Figures 4-8 / A4-A8
 #   results/figures/figure{9,10}/{net}.pdf|png                Figures 9-10 / A9-A12
-# Beyond the paper (issue 14):
+# Beyond the paper:
 #   results/{net}/seed{seed}/stability/{dense,level{L}}/k{k}/copy{1,2}/final.pt, metrics.h5
 #                                          two copies trained k..T on independent SGD noise
 #   results/{net}/seed{seed}/stability/{dense,level{L}}/k{k}/interpolation.h5   error on the path
@@ -51,6 +51,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/params.smk"
 include: "rules/seed_groups.smk"
+include: "rules/training.smk"
 include: "rules/common_beyond.smk"
 include: "rules/targets.smk"
 include: "rules/data.smk"

@@ -1,8 +1,9 @@
 # Config validation, the config's derived constants and the wildcard constraints. Defines no
 # rules. Runs once per planning, so it stays cheap (the paper-scale DAG has ~18,000 jobs). The other
 # functions-only files: params.smk (config -> each rule's params and inputs), seed_groups.smk
-# (several seeds per job), targets.smk (the runs of each summary, the targets) and
-# common_beyond.smk (the stability and sharpness rules' functions).
+# (several seeds per job), training.smk (the one definition of the training rules), targets.smk
+# (the runs of each summary, the targets) and common_beyond.smk (the stability and sharpness
+# rules' functions).
 
 import os
 import re
@@ -15,7 +16,7 @@ if workflow.basedir not in sys.path:  # the package, also when snakemake runs fr
     sys.path.insert(0, workflow.basedir)
 from pipeline_scripts.earlyphase import config_check
 
-# Planning-time checks (issue 13): numbers typed on the command line become numbers, the schema
+# Planning-time checks: numbers typed on the command line become numbers, the schema
 # checks types, ranges, unknown keys and duplicates, and config_check everything else that can be
 # seen before a job runs (network, task and perturbation names and parameters against their
 # registries, empty lists that would leave a figure empty, iterations beyond the training length,

@@ -1,4 +1,4 @@
-# Config -> params functions and target lists of the measurements beyond the paper (issue 14):
+# Config -> params functions and target lists of the measurements beyond the paper:
 # rules/stability.smk (instability analysis) and rules/sharpness.smk (top Hessian eigenvalue).
 # Defines no rules; included after common.smk.
 

@@ -2,7 +2,6 @@
 # (runs.Job fields that come from the config); Snakemake compares it between runs, so a changed
 # setting re-runs exactly the jobs it affects. Defines no rules.
 
-# compares it between runs, so a changed setting re-runs exactly the jobs it affects.
 _HPARAMS = {
     net: {
         **config["training"]["defaults"],

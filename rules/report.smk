@@ -1,4 +1,4 @@
-# The claims table (issue 8): every quantitative claim of the paper beside the value this run
+# The claims table: every quantitative claim of the paper beside the value this run
 # measured, with a verdict and the run's scale (pipeline_scripts/earlyphase/claims.py). It reads
 # the dense runs' metrics files of every network (Table A1, the scale) and the summaries of the
 # main network (ResNet-20 when configured, as in the paper's main body) for the experiments the

@@ -1,10 +1,11 @@
-# ---- job sizing: several runs per training job, and each GPU job's resources (issue 12) ---------
+# ---- job sizing: several runs per training job, and each GPU job's resources -------------------
 # runtime.variants_per_job V > 1 also batches the perturbation variants of one (k, level):
 # train_perturbed is then defined once per (seed group, chunk of V variants), its jobs training
 # seeds x variants runs (named <rule>[_seeds...]_v<V>g<index>).
 # runtime.runs_per_job N (an integer, or per network: {resnet20: 8, default: 1}) makes the
-# training rules but train_dense train N seeds of one network together (train.train_runs). Such
-# a rule is defined once per seed group (named <rule>_seeds<a>_<b>..., net constrained to the
+# training rules declared by training_rule in rules/training.smk (all but train_dense and
+# train_stability_copy) train N seeds of one network together (train.train_runs). Such a rule
+# is defined once per seed group (named <rule>_seeds<a>_<b>..., net constrained to the
 # networks grouped that way); its outputs are the same per-seed files as one-run jobs, so
 # everything downstream is unchanged. With N = 1 a rule is defined once, with a {seed} wildcard.
 # Only public API: `name:` and `wildcard_constraints:` in generated rules, and every GPU job's

@@ -1,4 +1,4 @@
-# Beyond the paper (issue 14): the top eigenvalue of the training-loss Hessian (Lanczos on
+# Beyond the paper: the top eigenvalue of the training-loss Hessian (Lanczos on
 # Hessian-vector products over a fixed training sample) at the dense runs' kept states: every
 # hessian.iterations (null = every dense checkpoint, the rewind points among them).
 # pipeline_scripts/earlyphase/hessian.py.

@@ -1,4 +1,4 @@
-# Beyond the paper (issue 14): instability analysis (Frankle, Dziugaite, Roy & Carbin, ICML 2020).
+# Beyond the paper: instability analysis (Frankle, Dziugaite, Roy & Carbin, ICML 2020).
 # For each dense run and rewind point k (stability.rewind_iterations), two copies train from the
 # iteration-k weights to the end (steps k..T, as every rewound run) on independent samples of SGD
 # noise (data streams copy1 / copy2); the test error along the straight line between them gives the

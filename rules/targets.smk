@@ -93,7 +93,7 @@ def all_targets():
         targets += _figures(["figure9"])
     if SPARSE["kinds"]:
         targets += _figures(["figure10"])
-    targets += stability_targets() + sharpness_targets()  # beyond the paper (issue 14)
+    targets += stability_targets() + sharpness_targets()  # beyond the paper
     targets += [f"results/claims/claims.{ext}" for ext in ("h5", "tsv", "html")]
     return targets
 
@@ -147,7 +147,7 @@ _CLAIMS_FILES = (
         if SPARSE["kinds"]
         else []
     )
-    + (  # beyond the paper (issue 14)
+    + (  # beyond the paper
         [
             (
                 "stability",
