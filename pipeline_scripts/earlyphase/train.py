@@ -1,5 +1,5 @@
 """The one training loop: N >= 1 runs of one network shape, every job's dense runs, IMP levels,
-perturbation branches, pre-training and stability copies (issue 12, item 1).
+perturbation branches, pre-training and stability copies.
 
 ``train_runs`` trains a batch of runs (``multirun.make``: the plain model for N = 1, one wide
 grouped network or vmap for N > 1); ``train`` is its one-run form. Per step and per run: the run's
@@ -8,16 +8,23 @@ batch transform (pre-training tasks), normalisation, forward, cross-entropy, SGD
 weight decay under its own mask. The per-run mean losses are summed, so each model gets exactly
 the gradient of its own loss.
 
-Fast by construction (issue 7): the data set is a uint8 tensor on the device, augmentation is
-batched (``augment``), the models run channels_last (``RunOptions.precision``: fp32, tf32 or bf16
+Fast by construction: the data set is a uint8 tensor on the device, augmentation is batched
+(``augment``), the models run channels_last (``RunOptions.precision``: fp32, tf32 or bf16
 autocast), masks are applied with two ``_foreach_mul_`` calls, the host synchronises only every
 ``log_every`` steps (to record the training loss and stop on a non-finite one) and at evaluations;
-``compile`` / ``cuda_graphs`` compile the forward and backward passes (CUDA graphs on a GPU).
+``compile`` / ``cuda_graphs`` compile the training step's forward and backward passes (CUDA graphs
+on a GPU); evaluation and telemetry run the eager module.
 
 Resumable for any N: every ``checkpoint_seconds`` and on SIGTERM (SLURM pre-emption) the full state
 of every run goes to the first run's ``workdir/resume.pt``; a re-run continues from there with
 bit-identical results, because all randomness is keyed by (seed, purpose, epoch) rather than
 carried in generator state.
+
+``train_runs`` is the loop itself, short enough to read top to bottom. What it does at each point
+is named beside it, as open_lth's training/train.py keeps evaluation, checkpointing and logging
+beside its ``train``: ``_set_up`` (checks, schedule, batched models, optimizer, arithmetic) makes
+a ``_Loop``, the batch's state, whose methods resume, compile, draw the batch, take the step, keep
+snapshots, record a training-loss window, evaluate and save the resume state.
 """
 
 from __future__ import annotations
@@ -61,15 +68,13 @@ class RunOptions:
     # or bf16 autocast. Part of the resume fingerprint and recorded in the metrics.
     precision: str = "tf32"
     eval_iterations: Sequence[int] = ()  # evaluate on the test set after these many steps
-    snapshot_iterations: Sequence[
-        int
-    ] = ()  # keep the weights after these many steps (rewind points)
+    snapshot_iterations: Sequence[int] = ()  # keep the weights after these steps (rewind points)
     log_every: int = 100  # steps between training-loss records / non-finite checks (host syncs)
-    eval_batch_size: int = 250  # measured fastest on a 2-core CPU (issue 7); bigger on GPUs is fine
+    eval_batch_size: int = 250  # measured fastest on a 2-core CPU; bigger on GPUs is fine
     checkpoint_seconds: float = 600.0  # wall seconds between resume-state saves
-    compile: bool = False  # torch.compile the model (pays only for long runs on GPUs; issue 7)
+    compile: bool = False  # torch.compile the model (pays only for long runs on GPUs)
     # CUDA graphs (torch.compile mode "reduce-overhead"): forward and backward replayed as graphs,
-    # for launch-bound small networks on GPUs (issue 12, item 2); no effect on a CPU.
+    # for launch-bound small networks on GPUs; no effect on a CPU.
     cuda_graphs: bool = False
     batch_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y), after crop/flip
     eval_subset: int = 0  # >0: evaluations up to eval_subset_until use a fixed random test subset
@@ -134,7 +139,7 @@ def evaluate(
 
 def sgd(params, hp: TrainingHparams) -> torch.optim.SGD:
     """The paper's SGD (momentum, weight decay) as one fused kernel: measured 5% faster than the
-    foreach implementation on the 2-core CPU and bitwise identical to it (issue 7)."""
+    foreach implementation on the 2-core CPU and bitwise identical to it."""
     return torch.optim.SGD(
         params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=True
     )
@@ -265,19 +270,61 @@ def train_runs(
     the absolute iteration; the benchmark's clock). A resume state saved by another batch or under
     other settings, or a damaged one, is moved aside (``resume.stale-<time>.pt``) and the batch
     starts afresh, saying so in the log."""
-    runs = list(runs)
-    if not runs:
-        raise ValueError("train_runs needs at least one run")
-    opts = _shared(runs)
-    n_runs = len(runs)
-    device = runs[0].data.train_x.device
-    workdirs = [Path(r.workdir) for r in runs]
-    for w in workdirs:
-        w.mkdir(parents=True, exist_ok=True)
-    resume_path = workdirs[0] / "resume.pt"
-    recorder = runs[0].recorder if n_runs == 1 else None
+    loop = _set_up(
+        list(runs), hp, method=method, network=network, log=log, max_iterations=max_iterations
+    )
+    resumed = loop.resume()
+    loop.compile()
+    if not resumed:
+        loop.begin()
+    if on_step is not None:
+        on_step(loop.it)
 
-    n = runs[0].data.train_x.shape[0]
+    sched, opts = loop.sched, loop.opts
+    loop.last_save = time.monotonic()
+    loop.t0 = time.perf_counter()
+    with sigterm_flag() as sigterm:
+        while loop.it < sched.stop:
+            xs, ys = loop.next_batch()
+            loop.step(xs, ys)
+            if on_step is not None:
+                on_step(loop.it)
+            if loop.it in sched.snapshot_at:
+                loop.snapshot()
+            if loop.it % opts.log_every == 0 or loop.it == sched.stop or loop.it in sched.eval_at:
+                loop.log_window()
+                if loop.it in sched.eval_at:
+                    loop.evaluate()
+                loop.t0 = time.perf_counter()  # the training clock restarts after evaluating
+            if sigterm["set"] or time.monotonic() - loop.last_save > opts.checkpoint_seconds:
+                loop.save_resume()
+                if sigterm["set"]:
+                    raise Interrupted(
+                        f"SIGTERM at iteration {loop.it}/{sched.total}: state saved to "
+                        f"{loop.resume_path}; re-run the workflow to resume"
+                    )
+    return loop.finish()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop's pieces: set-up, then the batch's state (_Loop) with a method per thing the loop does
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The iterations of a batch."""
+
+    n: int  # training images
+    ipe: int  # iterations per epoch
+    total: int  # iterations of the whole schedule
+    start: int  # the iteration the start state stands at (rewinding)
+    stop: int  # the iteration this call stops at: total, or max_iterations
+    eval_at: set  # evaluate after these steps (the start and the end included)
+    snapshot_at: set  # keep the weights after these steps
+
+
+def _schedule(hp: TrainingHparams, opts: RunOptions, n: int, max_iterations) -> _Schedule:
+    """The batch's schedule; a start or a snapshot outside it is refused."""
     ipe = hp.iterations_per_epoch(n)
     total = hp.total_iterations(n)
     stop = total if max_iterations is None else min(total, int(max_iterations))
@@ -295,7 +342,12 @@ def train_runs(
     snapshot_at = set(opts.snapshot_iterations)
     # OpenLTH evaluates at its start step too
     eval_at = {i for i in opts.eval_iterations if start <= i <= total} | {start, total}
+    return _Schedule(n, ipe, total, start, stop, eval_at, snapshot_at)
 
+
+def _batched(runs: list[Run], hp: TrainingHparams, method: str, device) -> tuple:
+    """(batch, optimizer, masked parameters, their masks): the runs' models as one batch
+    (``multirun.make``) in training mode, its SGD, and each run's mask applied."""
     for r in runs:
         r.model.to(device)
         r.model.train()
@@ -306,88 +358,13 @@ def train_runs(
     with torch.no_grad():
         if mparams:
             torch._foreach_mul_(mparams, mmasks)
+    return group, optimizer, mparams, mmasks
 
-    if opts.cuda_graphs and device.type == "cuda" and method == "vmap" and n_runs > 1:
-        raise ValueError(
-            "runtime.cuda_graphs with runtime.multirun_method vmap: CUDA graphs cannot capture "
-            "vmapped runs (their stacked parameters are inputs the step mutates); use "
-            "multirun_method grouped, or cuda_graphs false"
-        )
-    precision = devices.effective_precision(opts.precision, device)
-    devices.set_precision(precision)
-    kernels = devices.kernels(device, compile=opts.compile, cuda_graphs=opts.cuda_graphs)
-    segments = [{"from_iteration": start, **kernels}]
-    fingerprint = fingerprint_of(
-        runs, hp, opts, eval_at, snapshot_at, total, start, precision, group.method
-    )
-    metrics = [Metrics() for _ in runs]
-    snapshots: list[dict[int, str]] = [{} for _ in runs]
-    it = last_log_it = start
-    resumed = False
-    loss_acc = torch.zeros(n_runs, device=device, dtype=torch.float32)
-    state = resume_state(resume_path, device, fingerprint, recorder, log)
-    if state is not None:
-        group.load(state["models"])
-        optimizer.load_state_dict(state["optimizer"])
-        it = int(state["iteration"])
-        metrics = [Metrics(**m) for m in state["metrics"]]
-        snapshots = [{int(k): v for k, v in s.items()} for s in state["snapshots"]]
-        loss_acc = state["loss_acc"].to(device)
-        last_log_it = int(state["last_log_it"])
-        if recorder is not None:
-            recorder.load_state_dict(state["telemetry"], device)
-        resumed = True
-        log(f"resumed from {resume_path} at iteration {it}/{total}")
-        segments = state.get("kernels") or [{"from_iteration": start, "device": "unknown"}]
-        before = {k: v for k, v in segments[-1].items() if k != "from_iteration"}
-        if before != kernels:
-            changed = sorted(
-                k for k in kernels.keys() | before.keys() if before.get(k) != kernels.get(k)
-            )
-            log(
-                f"NOTE: resuming under other kernels ({', '.join(changed)}: "
-                f"{ {k: before.get(k) for k in changed} } -> { {k: kernels.get(k) for k in changed} }): "
-                "the run continues with other rounding from here, so it is not bit-identical to an "
-                "uninterrupted one; its metrics record every segment's kernels"
-            )
-            segments = [*segments, {"from_iteration": it, **kernels}]
 
-    def save_resume():
-        checkpoint.atomic_save(
-            {
-                "format": RESUME_FORMAT,
-                "fingerprint": fingerprint,
-                "iteration": it,
-                "models": [group.state_dict(i) for i in range(n_runs)],
-                "optimizer": optimizer.state_dict(),
-                "metrics": [m.to_dict() for m in metrics],
-                "snapshots": [{str(k): v for k, v in s.items()} for s in snapshots],
-                "loss_acc": loss_acc,
-                "last_log_it": last_log_it,
-                "telemetry": None if recorder is None else recorder.state_dict(),
-                "kernels": segments,
-            },
-            resume_path,
-        )
-
-    def snapshot():
-        for i in range(n_runs):
-            path = workdirs[i] / f"iter{it}.pt"
-            checkpoint.save(path, group.state_dict(i), iteration=it, network=network)
-            snapshots[i][it] = str(path)
-
-    normalise = group.normaliser(hp, device)
-    mode = compile_mode(opts, device)
-    if mode is not None:
-        import torch._inductor.config as inductor  # (device.configure leaves it unimported)
-
-        inductor.deterministic = torch.are_deterministic_algorithms_enabled()
-        devices.check_compiler(device, compile=opts.compile, cuda_graphs=mode == "reduce-overhead")
-        group.compile(None if mode == "default" else mode)
-    if opts.cuda_graphs and device.type != "cuda":
-        log(f"runtime.cuda_graphs has no effect on {device}: CUDA graphs need a GPU")
-
-    tests = []  # per run: (evaluation set up to eval_subset_until, full test set)
+def _test_sets(runs: list[Run], opts: RunOptions, device) -> list[tuple]:
+    """Per run: (its evaluation set up to ``eval_subset_until``, its full test set); with
+    ``eval_subset`` the first is a random subset fixed by the run's seed."""
+    tests = []
     for r in runs:
         test_x, test_y = r.data.test_x, r.data.test_y
         if opts.eval_subset and opts.eval_subset < test_x.shape[0]:
@@ -396,15 +373,285 @@ def train_runs(
             tests.append(((test_x[pick], test_y[pick]), (test_x, test_y)))
         else:
             tests.append(((test_x, test_y), (test_x, test_y)))
+    return tests
 
-    def run_eval():
+
+def _set_up(
+    runs: list[Run], hp: TrainingHparams, *, method: str, network: str, log, max_iterations
+) -> _Loop:
+    """The batch at its start iteration: the runs checked, their workdirs made, the batched
+    models masked, their optimizer, arithmetic, test sets and telemetry hook."""
+    if not runs:
+        raise ValueError("train_runs needs at least one run")
+    opts = _shared(runs)
+    device = runs[0].data.train_x.device
+    for r in runs:
+        Path(r.workdir).mkdir(parents=True, exist_ok=True)
+    sched = _schedule(hp, opts, runs[0].data.train_x.shape[0], max_iterations)
+    group, optimizer, mparams, mmasks = _batched(runs, hp, method, device)
+    if opts.cuda_graphs and device.type == "cuda" and method == "vmap" and len(runs) > 1:
+        raise ValueError(
+            "runtime.cuda_graphs with runtime.multirun_method vmap: CUDA graphs cannot capture "
+            "vmapped runs (their stacked parameters are inputs the step mutates); use "
+            "multirun_method grouped, or cuda_graphs false"
+        )
+    precision = devices.effective_precision(opts.precision, device)
+    devices.set_precision(precision)
+    kernels = devices.kernels(device, compile=opts.compile, cuda_graphs=opts.cuda_graphs)
+    loop = _Loop(
+        runs, hp, opts, sched, group, optimizer, mparams, mmasks, precision, kernels, network, log
+    )
+    if loop.recorder is not None:
+        loop.recorder.attach(loop.sample_loss)
+    return loop
+
+
+def _kernel_segments(saved: list | None, kernels: dict, start: int, it: int, log) -> list[dict]:
+    """The kernel segments of a batch resumed at ``it``: the saved ones (a state saved without
+    them: one from ``start`` on an unknown device), plus one from ``it`` when this process
+    computes with other kernels -- logged, as the run is then not bit-identical to an
+    uninterrupted one."""
+    segments = saved or [{"from_iteration": start, "device": "unknown"}]
+    before = {k: v for k, v in segments[-1].items() if k != "from_iteration"}
+    if before == kernels:
+        return segments
+    changed = sorted(k for k in kernels.keys() | before.keys() if before.get(k) != kernels.get(k))
+    log(
+        f"NOTE: resuming under other kernels ({', '.join(changed)}: "
+        f"{ {k: before.get(k) for k in changed} } -> { {k: kernels.get(k) for k in changed} }): "
+        "the run continues with other rounding from here, so it is not bit-identical to an "
+        "uninterrupted one; its metrics record every segment's kernels"
+    )
+    return [*segments, {"from_iteration": it, **kernels}]
+
+
+@dataclass(eq=False)
+class _Loop:
+    """A batch in training: what its steps share (``_set_up``) and where it stands -- the part
+    the resume state saves (``save_resume``)."""
+
+    runs: list[Run]
+    hp: TrainingHparams
+    opts: RunOptions  # the options the runs share (SHARED_OPTIONS)
+    sched: _Schedule
+    group: object  # multirun.make's batch
+    optimizer: torch.optim.SGD
+    mparams: list  # the masked parameters and their masks (masked_step)
+    mmasks: list
+    precision: str  # device.effective_precision
+    kernels: dict  # device.kernels of this process
+    network: str
+    log: Callable[[str], None]
+    # derived from the above (__post_init__)
+    normalise: Callable = field(init=False)
+    tests: list = field(init=False)  # _test_sets
+    fingerprint: str = field(init=False)  # resume.fingerprint_of
+    # where the batch stands, saved in the resume state (a fresh batch's: __post_init__)
+    it: int = field(init=False)
+    metrics: list[Metrics] = field(init=False)
+    snapshots: list[dict] = field(init=False)  # per run: iteration -> path
+    loss_acc: torch.Tensor = field(init=False)  # per run: the summed losses since the last record
+    last_log_it: int = field(init=False)
+    segments: list[dict] = field(init=False)  # the kernels of each stretch, from its iteration on
+    # this process only
+    draws: list | None = field(init=False, default=None)  # per run: draw_epoch's augment.draw_epoch
+    draw_epoch: int = field(init=False, default=-1)
+    lr: float | None = field(init=False, default=None)  # the learning rate of the last step
+    t0: float = field(init=False, default=0.0)  # perf_counter when the training clock started
+    last_save: float = field(init=False, default=0.0)  # monotonic time of the last save
+
+    def __post_init__(self):
+        runs, hp, opts, sched = self.runs, self.hp, self.opts, self.sched
+        self.normalise = self.group.normaliser(hp, self.device)
+        self.tests = _test_sets(runs, opts, self.device)
+        self.fingerprint = fingerprint_of(
+            runs,
+            hp,
+            opts,
+            sched.eval_at,
+            sched.snapshot_at,
+            sched.total,
+            sched.start,
+            self.precision,
+            self.group.method,
+        )
+        start = sched.start
+        self.it = self.last_log_it = start
+        self.metrics = [Metrics() for _ in self.runs]
+        self.snapshots = [{} for _ in self.runs]
+        self.loss_acc = torch.zeros(self.n_runs, device=self.device, dtype=torch.float32)
+        self.segments = [{"from_iteration": start, **self.kernels}]
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.runs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runs[0].data.train_x.device
+
+    @property
+    def recorder(self):
+        return self.runs[0].recorder if self.n_runs == 1 else None
+
+    @property
+    def resume_path(self) -> Path:
+        return Path(self.runs[0].workdir) / "resume.pt"
+
+    def sample_loss(self, x, y):
+        """Telemetry's loss on a sample batch, through the eager model (a compiled one would
+        compile this shape too)."""
+        with devices.autocast(self.device, self.precision):
+            return F.cross_entropy(self.group.logits([x], self.normalise)[0], y)
+
+    def resume(self) -> bool:
+        """Continue from the resume state if this very batch saved it (``resume.resume_state``
+        sets any other aside); True when it did."""
+        state = resume_state(
+            self.resume_path, self.device, self.fingerprint, self.recorder, self.log
+        )
+        if state is None:
+            return False
+        self.group.load(state["models"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.it = int(state["iteration"])
+        self.metrics = [Metrics(**m) for m in state["metrics"]]
+        self.snapshots = [{int(k): v for k, v in s.items()} for s in state["snapshots"]]
+        self.loss_acc = state["loss_acc"].to(self.device)
+        self.last_log_it = int(state["last_log_it"])
+        if self.recorder is not None:
+            self.recorder.load_state_dict(state["telemetry"], self.device)
+        self.log(f"resumed from {self.resume_path} at iteration {self.it}/{self.sched.total}")
+        start = self.sched.start
+        self.segments = _kernel_segments(
+            state.get("kernels"), self.kernels, start, self.it, self.log
+        )
+        return True
+
+    def compile(self) -> None:
+        """Compile the training step's forward and backward as ``compile_mode`` says; evaluation
+        and telemetry keep the eager module."""
+        opts, device = self.opts, self.device
+        mode = compile_mode(opts, device)
+        if mode is not None:
+            import torch._inductor.config as inductor  # (device.configure leaves it unimported)
+
+            inductor.deterministic = torch.are_deterministic_algorithms_enabled()
+            devices.check_compiler(
+                device, compile=opts.compile, cuda_graphs=mode == "reduce-overhead"
+            )
+            self.group.compile(None if mode == "default" else mode)
+        if opts.cuda_graphs and device.type != "cuda":
+            self.log(f"runtime.cuda_graphs has no effect on {device}: CUDA graphs need a GPU")
+
+    def begin(self) -> None:
+        """A batch starting afresh: telemetry, snapshot and evaluation at its start iteration."""
+        start, total = self.sched.start, self.sched.total
+        if start:
+            self.log(
+                f"rewound: steps {start}..{total} of the schedule ({total - start} iterations)"
+            )
+        if self.recorder is not None and self.recorder.wants(start):
+            self.recorder.on_state(start)
+        if start in self.sched.snapshot_at:
+            self.snapshot()
+        if start in self.sched.eval_at:
+            self.evaluate()
+
+    def next_batch(self) -> tuple[list, list]:
+        """Each run's (images, labels) for step ``it``: its own data order and augmentation (drawn
+        once per epoch), cropped and flipped, then its batch transform."""
+        hp = self.hp
+        epoch, j = divmod(self.it, self.sched.ipe)
+        if epoch != self.draw_epoch:
+            self.draws = [
+                augment.draw_epoch(
+                    self.sched.n,
+                    r.opts.seed,
+                    epoch,
+                    hp.crop_padding,
+                    hp.flip,
+                    self.device,
+                    r.opts.data_stream,
+                )
+                for r in self.runs
+            ]
+            self.draw_epoch = epoch
+        sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
+        xs, ys = [], []
+        for r, draw in zip(self.runs, self.draws, strict=True):
+            idx = draw.order[sl]
+            x, y = r.data.train_x[idx], r.data.train_y[idx]
+            x = augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
+            if r.opts.batch_fn is not None:  # pre-training tasks; after the flip (rotation)
+                x, y = r.opts.batch_fn(x, y, self.it)
+            xs.append(x)
+            ys.append(y)
+        return xs, ys
+
+    def step(self, xs: list, ys: list) -> None:
+        """One SGD step of every run at the schedule's learning rate; ``it`` advances."""
+        lr = self.hp.lr_at(self.it, self.sched.n)
+        if lr != self.lr:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        self.lr = lr
+        with devices.autocast(self.device, self.precision):
+            losses = _losses(self.group.logits(xs, self.normalise, step=True), ys)
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses[0] if self.n_runs == 1 else losses.sum()).backward()
+        recorder = self.recorder
+        if recorder is not None and recorder.wants(self.it):
+            recorder.on_grad(self.it)
+        masked_step(self.optimizer, self.mparams, self.mmasks)
+        self.loss_acc += losses.detach().float()
+        self.it += 1
+        for mt, y in zip(self.metrics, ys, strict=True):
+            mt.images += y.shape[0]
+        if recorder is not None and recorder.wants(self.it):
+            recorder.on_state(self.it)
+
+    def snapshot(self) -> None:
+        """Keep each run's weights at ``it`` in its workdir (a rewind point)."""
+        for i, r in enumerate(self.runs):
+            path = Path(r.workdir) / f"iter{self.it}.pt"
+            checkpoint.save(path, self.group.state_dict(i), iteration=self.it, network=self.network)
+            self.snapshots[i][self.it] = str(path)
+
+    def log_window(self) -> None:
+        """Record each run's mean training loss since the last record and the training time
+        (one host sync); a non-finite loss stops the batch."""
+        it, last = self.it, self.last_log_it
+        means = (self.loss_acc / (it - last)).tolist()  # host sync
+        bad = [i for i, v in enumerate(means) if v != v or abs(v) == float("inf")]
+        if bad:
+            seeds = [self.runs[i].opts.seed for i in bad]
+            who = f" for runs {bad} (seeds {seeds})" if self.n_runs > 1 else ""
+            raise NonFiniteLoss(
+                f"training loss became {means[bad[0]]}{who} between iterations {last} and {it} "
+                f"(lr {self.lr}); the run diverged, so no outputs were written"
+            )
+        now = time.perf_counter()
+        for mt, v in zip(self.metrics, means, strict=True):
+            mt.train_iteration.append(it)
+            mt.train_loss.append(v)
+            mt.train_seconds += (now - self.t0) / self.n_runs
+        self.loss_acc.zero_()
+        self.last_log_it = it
+
+    def evaluate(self) -> None:
+        """Evaluate each run on its test set (the fixed subset up to ``eval_subset_until``),
+        record and log it; a non-finite test loss stops the batch."""
+        it, n_runs = self.it, self.n_runs
         t = time.perf_counter()
-        which = 0 if it <= opts.eval_subset_until else 1
-        sets = [pair[which] for pair in tests]
-        results = _evaluate_batch(group, sets, normalise, opts.eval_batch_size, precision)
+        which = 0 if it <= self.opts.eval_subset_until else 1
+        sets = [pair[which] for pair in self.tests]
+        results = _evaluate_batch(
+            self.group, sets, self.normalise, self.opts.eval_batch_size, self.precision
+        )
         dt = time.perf_counter() - t
         for i, (loss, acc) in enumerate(results):
-            mt = metrics[i]
+            mt = self.metrics[i]
             mt.eval_n.append(int(sets[i][0].shape[0]))
             mt.eval_seconds += dt / n_runs
             mt.eval_iteration.append(it)
@@ -412,124 +659,49 @@ def train_runs(
             mt.eval_accuracy.append(acc)
             mt.eval_wall_seconds.append(mt.train_seconds)
             if not (loss == loss and abs(loss) != float("inf")):
-                who = f" (run {i}, seed {runs[i].opts.seed})" if n_runs > 1 else ""
+                who = f" (run {i}, seed {self.runs[i].opts.seed})" if n_runs > 1 else ""
                 raise NonFiniteLoss(
                     f"test loss is {loss} at iteration {it}{who}: training diverged"
                 )
         accs = " ".join(f"{a:.4f}" for _, a in results)
         if n_runs == 1:
-            log(f"iter {it:>7}/{total}  test loss {results[0][0]:.4f}  acc {accs}")
+            self.log(f"iter {it:>7}/{self.sched.total}  test loss {results[0][0]:.4f}  acc {accs}")
         else:
-            log(f"iter {it:>7}/{total}  test acc {accs}")
+            self.log(f"iter {it:>7}/{self.sched.total}  test acc {accs}")
 
-    if recorder is not None:
+    def save_resume(self) -> None:
+        """Count the training time so far and save the whole batch to ``resume_path``."""
+        for mt in self.metrics:
+            mt.train_seconds += (time.perf_counter() - self.t0) / self.n_runs
+        self.t0 = time.perf_counter()
+        checkpoint.atomic_save(
+            {
+                "format": RESUME_FORMAT,
+                "fingerprint": self.fingerprint,
+                "iteration": self.it,
+                "models": [self.group.state_dict(i) for i in range(self.n_runs)],
+                "optimizer": self.optimizer.state_dict(),
+                "metrics": [m.to_dict() for m in self.metrics],
+                "snapshots": [{str(k): v for k, v in s.items()} for s in self.snapshots],
+                "loss_acc": self.loss_acc,
+                "last_log_it": self.last_log_it,
+                "telemetry": None if self.recorder is None else self.recorder.state_dict(),
+                "kernels": self.segments,
+            },
+            self.resume_path,
+        )
+        self.last_save = time.monotonic()
 
-        def sample_loss(x, y):  # the eager model: a compiled one would compile this shape too
-            with devices.autocast(device, precision):
-                return F.cross_entropy(group.logits([x], normalise)[0], y)
-
-        recorder.attach(sample_loss)
-    if not resumed:
-        if start:
-            log(f"rewound: steps {start}..{total} of the schedule ({total - start} iterations)")
-        if recorder is not None and recorder.wants(start):
-            recorder.on_state(start)
-        if start in snapshot_at:
-            snapshot()
-        if start in eval_at:
-            run_eval()
-    if on_step is not None:
-        on_step(it)
-
-    draws, draw_epoch = None, -1
-    current_lr = None
-    last_save = time.monotonic()
-    t0 = time.perf_counter()
-    with sigterm_flag() as sigterm:
-        while it < stop:
-            epoch, j = divmod(it, ipe)
-            if epoch != draw_epoch:
-                draws = [
-                    augment.draw_epoch(
-                        n, r.opts.seed, epoch, hp.crop_padding, hp.flip, device, r.opts.data_stream
-                    )
-                    for r in runs
-                ]
-                draw_epoch = epoch
-            sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
-            xs, ys = [], []
-            for r, draw in zip(runs, draws, strict=True):
-                idx = draw.order[sl]
-                x, y = r.data.train_x[idx], r.data.train_y[idx]
-                x = augment.crop_flip(x, draw.dy[sl], draw.dx[sl], draw.flip[sl], hp.crop_padding)
-                if r.opts.batch_fn is not None:  # pre-training tasks; after the flip (rotation)
-                    x, y = r.opts.batch_fn(x, y, it)
-                xs.append(x)
-                ys.append(y)
-
-            lr = hp.lr_at(it, n)
-            if lr != current_lr:
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                current_lr = lr
-
-            with devices.autocast(device, precision):
-                losses = _losses(group.logits(xs, normalise, step=True), ys)
-            optimizer.zero_grad(set_to_none=True)
-            (losses[0] if n_runs == 1 else losses.sum()).backward()
-            if recorder is not None and recorder.wants(it):
-                recorder.on_grad(it)
-            masked_step(optimizer, mparams, mmasks)
-            loss_acc += losses.detach().float()
-            it += 1
-            for mt, y in zip(metrics, ys, strict=True):
-                mt.images += y.shape[0]
-            if recorder is not None and recorder.wants(it):
-                recorder.on_state(it)
-            if on_step is not None:
-                on_step(it)
-
-            if it in snapshot_at:
-                snapshot()
-            if it % opts.log_every == 0 or it == stop or it in eval_at:
-                means = (loss_acc / (it - last_log_it)).tolist()  # host sync
-                bad = [i for i, v in enumerate(means) if v != v or abs(v) == float("inf")]
-                if bad:
-                    who = (
-                        f" for runs {bad} (seeds {[runs[i].opts.seed for i in bad]})"
-                        if n_runs > 1
-                        else ""
-                    )
-                    raise NonFiniteLoss(
-                        f"training loss became {means[bad[0]]}{who} between iterations "
-                        f"{last_log_it} and {it} (lr {lr}); the run diverged, so no outputs "
-                        "were written"
-                    )
-                now = time.perf_counter()
-                for mt, v in zip(metrics, means, strict=True):
-                    mt.train_iteration.append(it)
-                    mt.train_loss.append(v)
-                    mt.train_seconds += (now - t0) / n_runs
-                loss_acc.zero_()
-                last_log_it = it
-                if it in eval_at:
-                    run_eval()
-                t0 = time.perf_counter()
-            if sigterm["set"] or time.monotonic() - last_save > opts.checkpoint_seconds:
-                for mt in metrics:
-                    mt.train_seconds += (time.perf_counter() - t0) / n_runs
-                t0 = time.perf_counter()
-                save_resume()
-                last_save = time.monotonic()
-                if sigterm["set"]:
-                    raise Interrupted(
-                        f"SIGTERM at iteration {it}/{total}: state saved to {resume_path}; "
-                        "re-run the workflow to resume"
-                    )
-    if recorder is not None:
-        recorder.flush()
-    group.write_back([r.model for r in runs])
-    return [TrainResult(metrics[i], snapshots[i], total, ipe, segments) for i in range(n_runs)]
+    def finish(self) -> list[TrainResult]:
+        """The telemetry flushed, the trained weights in the runs' models: one result per run."""
+        if self.recorder is not None:
+            self.recorder.flush()
+        self.group.write_back([r.model for r in self.runs])
+        sched = self.sched
+        return [
+            TrainResult(self.metrics[i], self.snapshots[i], sched.total, sched.ipe, self.segments)
+            for i in range(self.n_runs)
+        ]
 
 
 def train(
