@@ -1,5 +1,5 @@
-"""Claims-table rows beyond the paper (issue 14): what the works the paper cites found, measured
-here with the same runs.
+"""Claims-table rows beyond the paper: what the works the paper cites found, measured here with
+the same runs.
 
 * Instability (Frankle, Dziugaite, Roy & Carbin, ICML 2020, "Linear Mode Connectivity and the
   Lottery Ticket Hypothesis"): two copies trained from iteration k on different SGD noise end in

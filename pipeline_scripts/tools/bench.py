@@ -1,4 +1,4 @@
-"""Training-throughput benchmark (issue 7): our loop against a standard PyTorch loop.
+"""Training-throughput benchmark: our loop against a standard PyTorch loop.
 
 Run::
 
@@ -22,7 +22,7 @@ threads (``device.configure``, as every job does):
   RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])``, a ``DataLoader`` (shuffle,
   batch 128, ``drop_last=False``) and a plain ``SGD`` step on an NCHW model. ``num_workers=0``:
   on a 2-core machine a loader worker process competes with the two compute threads for the same
-  two cores (a 2-thread job slows 4-9x when another process takes a core, issue 7), while loading
+  two cores (a 2-thread job slows 4-9x when another process takes a core), while loading
   is only ~10% of a step; with a GPU or more cores a standard loop would use workers.
   For networks that also have a reference, ours and the reference alternate in rounds, so both see
   the same background load and their ratio is meaningful on a shared machine.
@@ -125,8 +125,8 @@ def _busy_seconds() -> float | None:
 class Monitor:
     """How many cores other processes (and hypervisor steal) used while we were timing.
 
-    A 2-thread job on a 2-core machine slows 4-9x when anything else takes a core (issue 7), so a
-    window that overlapped other work measures the neighbours, not the loop. ``others`` is
+    A 2-thread job on a 2-core machine slows 4-9x when anything else takes a core, so a window
+    that overlapped other work measures the neighbours, not the loop. ``others`` is
     (busy CPU seconds of the whole machine - this process's CPU seconds) / wall seconds.
     """
 
