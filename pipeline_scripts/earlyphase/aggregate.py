@@ -85,6 +85,18 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
     """
     if not entries:
         raise ValueError("summarise needs at least one entry")
+    cells, expects = _cells(entries)
+    seeds = sorted({seed for table in cells.values() for _, seed in table})
+    out = {
+        series: _series_table(series, table, seeds, extra, expects)
+        for series, table in cells.items()
+    }
+    _write_summary(out_path, seeds, attrs or {}, out, extra)
+
+
+def _cells(entries: list[dict]) -> tuple[dict[str, dict[tuple[int, int], str]], dict[str, dict]]:
+    """{series: {(level, seed): path}} of the entries, in order of first appearance, and per path
+    the identity its file must record (the entry's ``expect`` plus its seed and level)."""
     cells: dict[str, dict[tuple[int, int], str]] = {}
     expects: dict[str, dict] = {}
     for entry in entries:
@@ -99,48 +111,53 @@ def summarise(entries: list[dict], out_path, attrs: dict | None = None, extra: t
             )
         table[key] = str(path)
         expects[str(path)] = {**entry.get("expect", {}), "seed": key[1], "level": key[0]}
+    return cells, expects
 
-    seeds = sorted({seed for table in cells.values() for _, seed in table})
+
+def _series_table(
+    series: str, table: dict[tuple[int, int], str], seeds: list[int], extra, expects: dict
+) -> dict[str, np.ndarray]:
+    """One series' levels x seeds table (``_FIELDS`` and the ``extra`` attributes), read from its
+    metrics files."""
     column = {seed: j for j, seed in enumerate(seeds)}
-    out = {}
-    for series, table in cells.items():
-        levels = sorted({level for level, _ in table})
-        row = {level: i for i, level in enumerate(levels)}
-        acc = np.full((len(levels), len(seeds)), np.nan)
-        remaining = np.full_like(acc, np.nan)
-        paths = np.full(acc.shape, "", dtype=object)
-        gathered = {name: np.full_like(acc, np.nan) for name in extra}
-        for (level, seed), path in table.items():
-            read_for = f"series {series!r} level {level} seed {seed}"
-            a, r, values = _run_numbers(path, tuple(extra), expects[path], read_for)
-            i, j = row[level], column[seed]
-            acc[i, j], remaining[i, j], paths[i, j] = 100.0 * a, 100.0 * r, path
-            for name, value in zip(extra, values, strict=True):
-                gathered[name][i, j] = value
-        n = np.sum(~np.isnan(acc), axis=1).astype(np.int64)
-        # Every row has at least one seed, so nanmean never sees an all-NaN row.
-        mean = np.nanmean(acc, axis=1)
-        # Sample std (ddof=1), the usual estimate from a few replicates; a single seed has no
-        # spread to estimate, so it gets 0 (drawn as no band) rather than NaN.
-        std = np.array(
-            [np.nanstd(r, ddof=1) if k > 1 else 0.0 for r, k in zip(acc, n, strict=True)]
-        )
-        out[series] = {
-            "level": np.asarray(levels, dtype=np.int64),
-            "remaining_percent": np.nanmean(remaining, axis=1),
-            "accuracy": acc,
-            "mean": mean,
-            "std": std,
-            "n": n,
-            "paths": paths,
-            **gathered,
-        }
+    levels = sorted({level for level, _ in table})
+    row = {level: i for i, level in enumerate(levels)}
+    acc = np.full((len(levels), len(seeds)), np.nan)
+    remaining = np.full_like(acc, np.nan)
+    paths = np.full(acc.shape, "", dtype=object)
+    gathered = {name: np.full_like(acc, np.nan) for name in extra}
+    for (level, seed), path in table.items():
+        read_for = f"series {series!r} level {level} seed {seed}"
+        a, r, values = _run_numbers(path, tuple(extra), expects[path], read_for)
+        i, j = row[level], column[seed]
+        acc[i, j], remaining[i, j], paths[i, j] = 100.0 * a, 100.0 * r, path
+        for name, value in zip(extra, values, strict=True):
+            gathered[name][i, j] = value
+    n = np.sum(~np.isnan(acc), axis=1).astype(np.int64)
+    # Every row has at least one seed, so nanmean never sees an all-NaN row.
+    mean = np.nanmean(acc, axis=1)
+    # Sample std (ddof=1), the usual estimate from a few replicates; a single seed has no
+    # spread to estimate, so it gets 0 (drawn as no band) rather than NaN.
+    std = np.array([np.nanstd(r, ddof=1) if k > 1 else 0.0 for r, k in zip(acc, n, strict=True)])
+    return {
+        "level": np.asarray(levels, dtype=np.int64),
+        "remaining_percent": np.nanmean(remaining, axis=1),
+        "accuracy": acc,
+        "mean": mean,
+        "std": std,
+        "n": n,
+        "paths": paths,
+        **gathered,
+    }
 
+
+def _write_summary(out_path, seeds: list[int], attrs: dict, out: dict, extra) -> None:
+    """The summary file (module docstring), written atomically."""
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             f.attrs["schema"] = SCHEMA
             f.attrs["seeds"] = np.asarray(seeds, dtype=np.int64)
-            for key, value in (attrs or {}).items():
+            for key, value in attrs.items():
                 if key in ("schema", "seeds"):
                     raise ValueError(f"attribute {key!r} is reserved in summary files")
                 f.attrs[key] = _attr_value(value)

@@ -1,13 +1,15 @@
-"""One row of the claims table and the run's scale: the ``Claim`` record and its verdicts, the
-``Scale`` read from the dense runs' metrics files, how a run differs from the paper's protocol
-(the gaps that make a row "not comparable"), and the small statistics every row uses. The rows
-themselves are built in ``claims_paper`` (the paper's claims) and ``claims_beyond``; ``claims``
-assembles the table and ``claims_io`` writes it."""
+"""One row of the claims table and the run's scale: the ``Claim`` record, ``row`` (every row is
+built by it: the row's facts in, the verdict decided in one place), ``Measured`` (what the run
+measured for a row), the ``Scale`` read from the dense runs' metrics files, how a run differs from
+the paper's protocol (the gaps that make a row "not comparable"), and the small statistics every
+row uses. The rows themselves are built in ``claims_paper`` and ``claims_perturb`` (the paper's
+claims) and ``claims_beyond``; ``claims`` assembles the table and ``claims_io`` writes it."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -61,28 +63,82 @@ class Claim:
     note: str = ""
     scale: str = ""
 
-    def judge(self, value: float, gaps: list[str]) -> Claim:
-        """Set measured_value and the verdict: not comparable when there are gaps (named in the
-        note) or no finite value, else reproduced iff value is in [accept_low, accept_high]."""
-        self.measured_value = float(value)
-        notes = list(gaps)
-        if not math.isfinite(self.measured_value) and not notes:
-            notes.append("no finite measurement")
-        if notes:
-            self.verdict = NOT_COMPARABLE
-            self.note = "; ".join([*notes, self.note] if self.note else notes)
-        else:
-            ok = self.accept_low <= self.measured_value <= self.accept_high
-            self.verdict = REPRODUCED if ok else NOT_REPRODUCED
-        return self
-
-    def not_run(self, why: str) -> Claim:
-        self.verdict, self.note = NOT_RUN, why
-        return self
-
 
 COLUMNS = [f.name for f in fields(Claim)]
 _FLOAT_COLUMNS = ("accept_low", "accept_high", "paper_value", "measured_value", "measured_std")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the run measured for one row: the value judged, its std and count over seeds, and the
+    text of the ``measured`` column."""
+
+    value: float = _NAN
+    text: str = "-"
+    std: float = _NAN
+    n: int = 0
+
+
+NOT_MEASURED = Measured()
+
+
+def row(
+    *,
+    id: str,
+    paper_ref: str,
+    description: str,
+    paper: str,
+    source: str,
+    rule: str,
+    accept_low: float = -math.inf,
+    accept_high: float = math.inf,
+    paper_value: float = _NAN,
+    network: str = MAIN_NETWORK,
+    scale: Scale | None = None,
+    levels: int | None = None,
+    measured: Measured = NOT_MEASURED,
+    gaps: Iterable[str] = (),
+    note: str = "",
+    not_run: str | None = None,
+) -> Claim:
+    """One row of the claims table, declared by its facts: which claim (id, paper_ref,
+    description), the paper's value as stated (paper, paper_value) and where (source), the
+    interval [accept_low, accept_high] and its rule; and by this run's side: the ``scale`` it was
+    measured at (its network and ``scale_label`` fill those columns; ``levels``: the IMP levels
+    the label names), what it ``measured``, its ``gaps`` to the paper's protocol and a ``note``.
+
+    The verdict: *not run* when ``not_run`` says why (the note); else *not comparable* when there
+    are gaps or no finite value (the note names them, then ``note``); else *reproduced* iff the
+    value lies in the interval, *not reproduced* if not."""
+    c = Claim(
+        id=id,
+        paper_ref=paper_ref,
+        network=scale.network if scale is not None else network,
+        description=description,
+        paper=paper,
+        source=source,
+        rule=rule,
+        accept_low=accept_low,
+        accept_high=accept_high,
+        paper_value=paper_value,
+        measured=measured.text,
+        measured_std=measured.std,
+        n=measured.n,
+        scale=scale_label(scale, levels) if scale is not None else "",
+    )
+    if not_run is not None:
+        c.verdict, c.note = NOT_RUN, not_run
+        return c
+    c.measured_value = float(measured.value)
+    notes = list(gaps)
+    if not math.isfinite(c.measured_value) and not notes:
+        notes.append("no finite measurement")
+    if notes:
+        c.verdict, c.note = NOT_COMPARABLE, "; ".join([*notes, note] if note else notes)
+    else:
+        ok = accept_low <= c.measured_value <= accept_high
+        c.verdict, c.note = (REPRODUCED if ok else NOT_REPRODUCED), note
+    return c
 
 
 @dataclass(frozen=True)
@@ -203,6 +259,13 @@ def _fmt(mean: float, std: float, n: int, unit: str = "", digits: int = 1) -> st
     if not math.isfinite(mean):
         return "-"
     return f"{mean:.{digits}f}{unit} ± {std:.{digits}f}{unit} (n = {n})"
+
+
+def over_seeds(values, text=None, *, unit: str = "", digits: int = 1) -> Measured:
+    """The mean +- std over seeds (``mean_std``) of one value per seed, shown as ``text(mean, std,
+    n)``; by default "<mean><unit> ± <std><unit> (n = <n>)" to ``digits`` decimals."""
+    m, sd, n = mean_std(values)
+    return Measured(m, text(m, sd, n) if text else _fmt(m, sd, n, unit, digits), sd, n)
 
 
 def _closest(wanted: int, available) -> int | None:

@@ -15,15 +15,16 @@ from . import aggregate, plots, telemetry
 from .claim import (
     _NAN,
     Claim,
+    Measured,
     Scale,
     _closest,
-    _fmt,
     _row_at,
     early_phase_gaps,
     main_gaps,
     mean_std,
+    over_seeds,
     protocol_gaps,
-    scale_label,
+    row,
 )
 from .paper import (
     FIGURE1_MIN_K,
@@ -71,7 +72,7 @@ def table_a1(scales: dict[str, Scale]) -> list[Claim]:
     rows = []
     for net in [*TABLE_A1, *(n for n in scales if n not in TABLE_A1)]:
         acc, std, _ = TABLE_A1.get(net, (_NAN, _NAN, 0))
-        c = Claim(
+        facts = dict(
             id=f"tableA1_{net}",
             paper_ref="Table A1",
             network=net,
@@ -83,14 +84,12 @@ def table_a1(scales: dict[str, Scale]) -> list[Claim]:
             accept_low=acc - ACCURACY_TOLERANCE,
             accept_high=acc + ACCURACY_TOLERANCE,
         )
-        if net not in scales:
-            rows.append(c.not_run(f"{net} is not in the config's networks"))
+        s = scales.get(net)
+        if s is None:
+            rows.append(row(**facts, not_run=f"{net} is not in the config's networks"))
             continue
-        s = scales[net]
-        c.scale = scale_label(s)
-        m, sd, n = mean_std(s.dense_accuracy)
-        c.measured, c.measured_std, c.n = _fmt(m, sd, n, "%"), sd, n
-        rows.append(c.judge(m, protocol_gaps(s)))
+        measured = over_seeds(s.dense_accuracy, unit="%")
+        rows.append(row(**facts, scale=s, measured=measured, gaps=protocol_gaps(s)))
     return rows
 
 
@@ -121,15 +120,16 @@ def per_seed_timelines(tel: dict) -> list[dict]:
 
 
 def timeline_claims(scale: Scale | None, telemetry_path) -> list[Claim]:
+    """Section 4's timeline (``TIMELINE``): each landmark's mean +- std over the seeds' own
+    curves; the note gives it on the across-seed mean curves."""
     rows = []
     tel = read_telemetry(telemetry_path) if telemetry_path else None
     seeds = per_seed_timelines(tel) if tel else []
     window = int(tel["iteration"][-1]) if tel else 0
     for cid, key, desc, paper, value, (lo, hi), rule, needed, unit, source in TIMELINE:
-        c = Claim(
+        facts = dict(
             id=cid,
             paper_ref="Figure 2 / Section 4",
-            network=MAIN_NETWORK,
             description=desc,
             paper=paper,
             source=source,
@@ -139,115 +139,220 @@ def timeline_claims(scale: Scale | None, telemetry_path) -> list[Claim]:
             accept_high=hi,
         )
         if scale is None or tel is None:
-            rows.append(c.not_run("no telemetry summary for the main network"))
+            rows.append(row(**facts, not_run="no telemetry summary for the main network"))
             continue
-        c.network, c.scale = scale.network, scale_label(scale)
-        m, sd, n = mean_std([unit * t[key] for t in seeds])
         digits = 0 if unit == 1.0 else 1
-        c.measured = _fmt(m, sd, n, "" if unit == 1.0 else "%", digits)
-        c.measured_std, c.n = sd, n
+        measured = over_seeds(
+            [unit * t[key] for t in seeds], unit="" if unit == 1.0 else "%", digits=digits
+        )
         on_mean = unit * float(tel["timeline"].get(key, _NAN))
-        if math.isfinite(on_mean):
-            c.note = f"on the across-seed mean curves: {on_mean:.{digits}f} (timeline.txt)"
-        rows.append(c.judge(m, early_phase_gaps(scale, window, needed)))
+        note = (
+            f"on the across-seed mean curves: {on_mean:.{digits}f} (timeline.txt)"
+            if math.isfinite(on_mean)
+            else ""
+        )
+        gaps = early_phase_gaps(scale, window, needed)
+        rows.append(row(**facts, scale=scale, measured=measured, gaps=gaps, note=note))
     return rows
 
 
 # ---- Section 3 / Figure 1: IMP rewound to k >= 500 matches the dense network at 16.8% ----------
-def _paired_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
-    """Mean +- std over seeds of a - b (seeds where both exist)."""
-    return mean_std(np.asarray(a, float) - np.asarray(b, float))
+_FIGURE1_SOURCE = (
+    'Section 3: "For k >= 500, sub-networks can match the performance of the original network '
+    'with 16.8% of weights remaining"'
+)
+_MATCH_RULE = f"IMP - dense >= -{MATCH_TOLERANCE:g} pp"
 
 
 def figure1_claims(scale: Scale | None, imp_path, levels: int) -> list[Claim]:
-    base = dict(
-        paper_ref="Figure 1 / Section 3",
-        network=MAIN_NETWORK,
-        source='Section 3: "For k >= 500, sub-networks can match the performance of the '
-        'original network with 16.8% of weights remaining"',
-    )
+    """Figure 1: IMP rewound to each k >= 500 (or, when none was run, the largest k, not
+    comparable) against the dense network at 16.8% remaining, and the contrast at k = 0."""
     summary = aggregate.read_summary(imp_path) if scale and imp_path else {}
     rewinds = [int(n.removeprefix("rewind")) for n in plots.rewind_series(summary)]
     if not rewinds:
-        c = Claim(
-            id="figure1_match_k500+",
-            description="IMP rewound to k >= 500 matches the "
-            "dense network at 16.8% of weights remaining",
-            paper="matches dense at 16.8%",
-            rule=f"IMP - dense >= -{MATCH_TOLERANCE:g} pp",
-            **base,
-        )
-        return [c.not_run("IMP is disabled (imp.levels 0 or no rewind points)")]
+        return [
+            row(
+                id="figure1_match_k500+",
+                paper_ref="Figure 1 / Section 3",
+                description="IMP rewound to k >= 500 matches the "
+                "dense network at 16.8% of weights remaining",
+                paper="matches dense at 16.8%",
+                source=_FIGURE1_SOURCE,
+                rule=_MATCH_RULE,
+                not_run="IMP is disabled (imp.levels 0 or no rewind points)",
+            )
+        ]
     dense = summary["dense"]
     dense_acc = dense["accuracy"][_row_at(dense, 0)]
-    d_mean, d_std, _ = mean_std(dense_acc)
-
-    def at_target(series):
-        """Row of the level closest to 16.8% remaining, and the gap if it is not that level."""
-        rem = series["remaining_percent"]
-        i = int(np.argmin(np.abs(rem - FIGURE1_REMAINING)))
-        if abs(rem[i] - FIGURE1_REMAINING) <= 0.5:
-            return i, []
-        i = int(np.argmin(rem))
-        return i, [
-            f"IMP stops at {rem[i]:.1f}% of weights remaining (level "
-            f"{int(series['level'][i])}); the claim is at 16.8% (level 8)"
-        ]
-
-    late = [k for k in rewinds if k >= FIGURE1_MIN_K]
-    chosen = [(k, []) for k in late]
-    if not late and rewinds:
-        chosen = [(max(rewinds), [f"no rewind point k >= 500 (imp.rewind_iterations {rewinds})"])]
-    rows = []
-    for k, k_gaps in chosen:
-        s = summary[f"rewind{k}"]
-        i, level_gaps = at_target(s)
-        m, sd, n = _paired_gap(s["accuracy"][i], dense_acc)
-        c = Claim(
-            id=f"figure1_match_k{k}" if k >= FIGURE1_MIN_K else "figure1_match_k500+",
-            description=f"IMP rewound to k = {k} matches the dense network at 16.8% of "
-            "weights remaining (measured: IMP - dense, pp)",
-            paper=f"matches dense ({TABLE_A1[MAIN_NETWORK][0]}%) at 16.8%",
-            rule=f"IMP - dense >= -{MATCH_TOLERANCE:g} pp",
-            paper_value=0.0,
-            accept_low=-MATCH_TOLERANCE,
-            **base,
-        )
-        c.measured = (
-            f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {s['mean'][i]:.1f}% at "
-            f"{s['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%"
-        )
-        c.measured_std, c.n, c.network = sd, n, scale.network
-        c.scale = scale_label(scale, levels)
-        rows.append(c.judge(m, [*main_gaps(scale), *k_gaps, *level_gaps]))
+    rows = [
+        _figure1_match(scale, levels, k, k_gaps, summary[f"rewind{k}"], dense_acc)
+        for k, k_gaps in _figure1_rewinds(rewinds)
+    ]
     if 0 in rewinds:
-        s = summary["rewind0"]
-        i, level_gaps = at_target(s)
-        m, sd, n = _paired_gap(s["accuracy"][i], dense_acc)
-        c = Claim(
-            id="figure1_k0_below",
-            paper_ref="Figure 1 / Section 2",
-            network=scale.network,
-            description="IMP rewound to k = 0 falls below the dense network at 16.8% "
-            "(rewinding later is necessary; measured: IMP - dense, pp)",
-            paper="below dense at 16.8%",
-            source='Section 2: "it is necessary to rewind to a later point during training '
-            'for IMP to succeed"; Figure 1',
-            rule=f"IMP - dense < -{MATCH_TOLERANCE:g} pp",
-            accept_high=-MATCH_TOLERANCE,
-            scale=scale_label(scale, levels),
-        )
-        c.measured = (
-            f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {s['mean'][i]:.1f}% at "
-            f"{s['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%"
-        )
-        c.measured_std, c.n = sd, n
-        rows.append(c.judge(m, [*main_gaps(scale), *level_gaps]))
+        rows.append(_figure1_k0(scale, levels, summary["rewind0"], dense_acc))
     return rows
+
+
+def _figure1_rewinds(rewinds: list[int]) -> list[tuple[int, list[str]]]:
+    """The rewind points the match is claimed for (k >= 500), or the largest k and why it is
+    not comparable."""
+    late = [k for k in rewinds if k >= FIGURE1_MIN_K]
+    if late:
+        return [(k, []) for k in late]
+    return [(max(rewinds), [f"no rewind point k >= 500 (imp.rewind_iterations {rewinds})"])]
+
+
+def _at_target(series: dict) -> tuple[int, list[str]]:
+    """Row of the level closest to 16.8% remaining, and the gap if it is not that level."""
+    rem = series["remaining_percent"]
+    i = int(np.argmin(np.abs(rem - FIGURE1_REMAINING)))
+    if abs(rem[i] - FIGURE1_REMAINING) <= 0.5:
+        return i, []
+    i = int(np.argmin(rem))
+    return i, [
+        f"IMP stops at {rem[i]:.1f}% of weights remaining (level "
+        f"{int(series['level'][i])}); the claim is at 16.8% (level 8)"
+    ]
+
+
+def _imp_minus_dense(series: dict, dense_acc: np.ndarray) -> tuple[Measured, list[str]]:
+    """Per seed, IMP's accuracy at 16.8% (``_at_target``) minus the dense network's (pp)."""
+    i, level_gaps = _at_target(series)
+    d_mean = mean_std(dense_acc)[0]
+
+    def text(m, sd, n):
+        return (
+            f"{m:+.1f} ± {sd:.1f} pp (n = {n}): {series['mean'][i]:.1f}% at "
+            f"{series['remaining_percent'][i]:.1f}% vs dense {d_mean:.1f}%"
+        )
+
+    gap = np.asarray(series["accuracy"][i], float) - np.asarray(dense_acc, float)
+    return over_seeds(gap, text), level_gaps
+
+
+def _figure1_match(scale: Scale, levels: int, k: int, k_gaps, series, dense_acc) -> Claim:
+    measured, level_gaps = _imp_minus_dense(series, dense_acc)
+    return row(
+        id=f"figure1_match_k{k}" if k >= FIGURE1_MIN_K else "figure1_match_k500+",
+        paper_ref="Figure 1 / Section 3",
+        description=f"IMP rewound to k = {k} matches the dense network at 16.8% of "
+        "weights remaining (measured: IMP - dense, pp)",
+        paper=f"matches dense ({TABLE_A1[MAIN_NETWORK][0]}%) at 16.8%",
+        source=_FIGURE1_SOURCE,
+        rule=_MATCH_RULE,
+        paper_value=0.0,
+        accept_low=-MATCH_TOLERANCE,
+        scale=scale,
+        levels=levels,
+        measured=measured,
+        gaps=[*main_gaps(scale), *k_gaps, *level_gaps],
+    )
+
+
+def _figure1_k0(scale: Scale, levels: int, series, dense_acc) -> Claim:
+    measured, level_gaps = _imp_minus_dense(series, dense_acc)
+    return row(
+        id="figure1_k0_below",
+        paper_ref="Figure 1 / Section 2",
+        description="IMP rewound to k = 0 falls below the dense network at 16.8% "
+        "(rewinding later is necessary; measured: IMP - dense, pp)",
+        paper="below dense at 16.8%",
+        source='Section 2: "it is necessary to rewind to a later point during training '
+        'for IMP to succeed"; Figure 1',
+        rule=f"IMP - dense < -{MATCH_TOLERANCE:g} pp",
+        accept_high=-MATCH_TOLERANCE,
+        scale=scale,
+        levels=levels,
+        measured=measured,
+        gaps=[*main_gaps(scale), *level_gaps],
+    )
 
 
 # ---- Section 6: pre-training -------------------------------------------------------------------
 _EPOCH_SERIES = re.compile(r"e(\d+(?:\.\d+)?)")
+
+# Section 6.1-6.3 / Figure 9: per pre-training task, the IMP reference it is compared with
+# (rewind<reference>), which durations count (mode "e40": the paper's 40 epochs; "max<=10": the
+# largest gap over the durations up to 10 epochs; "max": over all of them), and the row's facts.
+_PRETRAIN = [
+    dict(
+        task="rotation",
+        reference=PRETRAIN_REWIND,
+        mode="e40",
+        id="pretrain_rotation_e40",
+        description="IMP from a state pre-trained 40 epochs on rotation prediction is similar "
+        "to IMP rewound to iteration 500",
+        paper="similar to rewinding to 500",
+        source="Section 6.2 and Figure 9 (upper right)",
+        rule=f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp",
+        accept_low=-GAP_TOLERANCE,
+    ),
+    dict(
+        task="blur",
+        reference=PRETRAIN_REWIND,
+        mode="e40",
+        id="pretrain_blur_e40",
+        description="IMP from a state pre-trained 40 epochs on 4x blurred images is similar to "
+        "IMP rewound to iteration 500",
+        paper="similar to rewinding to 500",
+        source="Section 6.3 and Figure 9 (bottom left)",
+        rule=f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp",
+        accept_low=-GAP_TOLERANCE,
+    ),
+    dict(
+        task="random_labels",
+        reference=0,
+        mode="max<=10",
+        id="pretrain_random_labels",
+        description="pre-training on random labels for up to 10 epochs gives no improvement "
+        "over rewinding to iteration 0 (largest gap over those durations)",
+        paper="no improvement over k = 0",
+        source="Section 6.1 and Figure 9 (upper left)",
+        rule=f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp",
+        accept_high=NO_GAIN_TOLERANCE,
+    ),
+    dict(
+        task="blur_rotation",
+        reference=0,
+        mode="max",
+        id="pretrain_blur_rotation",
+        description="no duration of blur + rotation pre-training makes IMP tangibly better "
+        "than rewinding to iteration 0 (largest gap over the durations)",
+        paper="not tangibly better than k = 0",
+        source="Section 6.3 and Figure 9 (bottom right)",
+        rule=f"pre-trained - rewind0 <= +{GAP_TOLERANCE:g} pp",
+        accept_high=GAP_TOLERANCE,
+    ),
+]
+
+# Section 6.4 / Figure 10: the pre-trained series (the largest gap, if several), the series it is
+# compared with, and the row's facts.
+_SPARSE_PRETRAIN = [
+    dict(
+        pretrained="imp_pretrained",
+        compared="imp_scratch",
+        id="sparse_pretrain_imp_hurts",
+        description="pre-training the IMP sub-network rewound to 500 under its mask before "
+        "training hurts its accuracy",
+        paper="hurts",
+        rule="pre-trained - not pre-trained < 0 pp",
+        accept_high=0.0,
+    ),
+    dict(
+        pretrained=("reinit_pretrained", "random_pretrained"),
+        compared="rewind0",
+        id="sparse_pretrain_no_benefit",
+        description="pre-training reinitialised or randomly pruned sub-networks gives no "
+        "benefit beyond IMP rewound to 0 (largest gap)",
+        paper="no benefit beyond k = 0",
+        rule=f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp",
+        accept_high=NO_GAIN_TOLERANCE,
+    ),
+]
+_SPARSE_SOURCE = (
+    'Section 6.4: "found no benefit beyond rewinding to iteration 0 ... starting from a '
+    'sub-network rewound to iteration 500 actually hurts"'
+)
 
 
 def level_gap(summary: dict, a: str, b: str) -> tuple[float, float, int]:
@@ -279,162 +384,94 @@ def _reference(summary: dict, wanted: int) -> tuple[str | None, list[str]]:
     return f"rewind{k}", [] if k == wanted else [f"reference rewound to {k} (paper: {wanted})"]
 
 
-def _gap_text(m: float, sd: float, n: int, a: str, b: str) -> str:
-    return f"{m:+.1f} ± {sd:.1f} pp (n = {n}; {a} - {b}, mean over the pruned levels)"
+def _compared_durations(durations: dict[float, str], mode: str) -> tuple[list[float], list[str]]:
+    """The pre-training durations a row compares (``_PRETRAIN``'s ``mode``), and the gaps."""
+    if mode == "e40":
+        e = _closest(PRETRAIN_EPOCHS, durations)
+        if e != PRETRAIN_EPOCHS:
+            return [e], [f"pre-trained {plots.epochs_text(f'{e:g}')} (paper: 40 epochs)"]
+        return [e], []
+    candidates = [e for e in durations if mode == "max" or e <= 10] or list(durations)
+    if mode == "max<=10" and not any(e <= 10 for e in durations):
+        return candidates, ["no pre-training duration of at most 10 epochs"]
+    return candidates, []
+
+
+def _largest_gap(summary: dict, names, reference: str) -> Measured:
+    """The gap (``level_gap``) of the series of ``names`` furthest above ``reference``."""
+    gaps = {n: level_gap(summary, n, reference) for n in names}
+    worst = max(gaps, key=lambda n: np.nan_to_num(gaps[n][0], nan=-math.inf))
+    m, sd, n = gaps[worst]
+    text = f"{m:+.1f} ± {sd:.1f} pp (n = {n}; {worst} - {reference}, mean over the pruned levels)"
+    return Measured(m, text, sd, n)
+
+
+def _pretrain_claim(
+    scale, pretrain: dict, levels: int, *, task, reference, mode, description, **facts
+) -> Claim:
+    """One Figure 9 row (``_PRETRAIN``): the pre-trained chains of ``task`` against IMP rewound
+    to ``reference``."""
+    facts = dict(
+        paper_ref="Figure 9 / Section 6",
+        description=description + " (measured: pre-trained - reference, pp)",
+        **facts,
+    )
+    if scale is None or task not in pretrain:
+        return row(**facts, not_run=f"pre-training task {task} is not in pretrain.tasks")
+    summary = aggregate.read_summary(pretrain[task])
+    durations = _durations(summary)
+    ref, ref_gaps = _reference(summary, reference)
+    gaps = [*main_gaps(scale), *ref_gaps]
+    if not durations or ref is None:
+        gaps.append("no pre-trained chains in the summary")
+        return row(**facts, scale=scale, levels=levels, gaps=gaps)
+    candidates, duration_gaps = _compared_durations(durations, mode)
+    measured = _largest_gap(summary, [durations[e] for e in candidates], ref)
+    return row(**facts, scale=scale, levels=levels, measured=measured, gaps=gaps + duration_gaps)
+
+
+def _sparse_gaps(sparse: dict) -> list[str]:
+    """How the config's sparse pre-training (pretrain.sparse) differs from Section 6.4's."""
+    gaps = []
+    if sparse.get("rewind_iteration") != PRETRAIN_REWIND:
+        gaps.append(f"sub-networks rewound to {sparse.get('rewind_iteration')} (paper: 500)")
+    if float(sparse.get("epochs", _NAN)) != PRETRAIN_EPOCHS or sparse.get("task") != "rotation":
+        done = plots.epochs_text(sparse.get("epochs"))
+        gaps.append(f"{done} of {sparse.get('task')} (paper: 40 epochs of rotation)")
+    return gaps
+
+
+def _sparse_pretrain_claim(
+    scale, sparse_path, sparse: dict, levels: int, *, pretrained, compared, description, **facts
+) -> Claim:
+    """One Figure 10 row (``_SPARSE_PRETRAIN``): the ``pretrained`` series (the largest gap, if
+    several) against the ``compared`` one."""
+    facts = dict(
+        paper_ref="Figure 10 / Section 6.4",
+        description=description + " (measured: pp, mean over the pruned levels)",
+        source=_SPARSE_SOURCE,
+        **facts,
+    )
+    if scale is None or sparse_path is None:
+        return row(**facts, not_run="sparse pre-training is disabled (pretrain.sparse.kinds)")
+    summary = aggregate.read_summary(sparse_path)
+    wanted = (pretrained,) if isinstance(pretrained, str) else pretrained
+    names = [n for n in wanted if n in summary]
+    if not names or compared not in summary:
+        return row(**facts, not_run=f"the run has no {pretrained} and {compared} series")
+    measured = _largest_gap(summary, names, compared)
+    gaps = [*main_gaps(scale), *_sparse_gaps(sparse)]
+    return row(**facts, scale=scale, levels=levels, measured=measured, gaps=gaps)
 
 
 def pretrain_claims(
     scale: Scale | None, pretrain: dict[str, str], sparse_path, sparse: dict, levels: int
 ) -> list[Claim]:
-    rows = []
-    specs = [  # (task, id, description, paper text, source, reference k, mode, rule, lo, hi)
-        (
-            "rotation",
-            "pretrain_rotation_e40",
-            "IMP from a state pre-trained 40 epochs on rotation prediction is similar to IMP "
-            "rewound to iteration 500",
-            "similar to rewinding to 500",
-            "Section 6.2 and Figure 9 (upper right)",
-            PRETRAIN_REWIND,
-            "e40",
-            f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp",
-            -GAP_TOLERANCE,
-            math.inf,
-        ),
-        (
-            "blur",
-            "pretrain_blur_e40",
-            "IMP from a state pre-trained 40 epochs on 4x blurred images is similar to IMP "
-            "rewound to iteration 500",
-            "similar to rewinding to 500",
-            "Section 6.3 and Figure 9 (bottom left)",
-            PRETRAIN_REWIND,
-            "e40",
-            f"pre-trained - rewind500 >= -{GAP_TOLERANCE:g} pp",
-            -GAP_TOLERANCE,
-            math.inf,
-        ),
-        (
-            "random_labels",
-            "pretrain_random_labels",
-            "pre-training on random labels for up to 10 epochs gives no improvement over "
-            "rewinding to iteration 0 (largest gap over those durations)",
-            "no improvement over k = 0",
-            "Section 6.1 and Figure 9 (upper left)",
-            0,
-            "max<=10",
-            f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp",
-            -math.inf,
-            NO_GAIN_TOLERANCE,
-        ),
-        (
-            "blur_rotation",
-            "pretrain_blur_rotation",
-            "no duration of blur + rotation pre-training makes IMP tangibly better than rewinding "
-            "to iteration 0 (largest gap over the durations)",
-            "not tangibly better than k = 0",
-            "Section 6.3 and Figure 9 (bottom right)",
-            0,
-            "max",
-            f"pre-trained - rewind0 <= +{GAP_TOLERANCE:g} pp",
-            -math.inf,
-            GAP_TOLERANCE,
-        ),
+    """Section 6's rows: Figure 9's pre-training tasks (``_PRETRAIN``), then Figure 10's sparse
+    pre-training (``_SPARSE_PRETRAIN``; ``sparse``: the config's pretrain.sparse)."""
+    rows = [_pretrain_claim(scale, pretrain, levels, **spec) for spec in _PRETRAIN]
+    rows += [
+        _sparse_pretrain_claim(scale, sparse_path, sparse, levels, **spec)
+        for spec in _SPARSE_PRETRAIN
     ]
-    for task, cid, desc, paper, where, ref_k, mode, rule, lo, hi in specs:
-        c = Claim(
-            id=cid,
-            paper_ref="Figure 9 / Section 6",
-            network=MAIN_NETWORK,
-            description=desc + " (measured: pre-trained - reference, pp)",
-            paper=paper,
-            source=where,
-            rule=rule,
-            accept_low=lo,
-            accept_high=hi,
-        )
-        if scale is None or task not in pretrain:
-            rows.append(c.not_run(f"pre-training task {task} is not in pretrain.tasks"))
-            continue
-        summary = aggregate.read_summary(pretrain[task])
-        durations = _durations(summary)
-        ref, gaps = _reference(summary, ref_k)
-        gaps = [*main_gaps(scale), *gaps]
-        c.network, c.scale = scale.network, scale_label(scale, levels)
-        if not durations or ref is None:
-            rows.append(c.judge(_NAN, [*gaps, "no pre-trained chains in the summary"]))
-            continue
-        if mode == "e40":
-            e = _closest(PRETRAIN_EPOCHS, durations)
-            if e != PRETRAIN_EPOCHS:
-                gaps.append(f"pre-trained {plots.epochs_text(f'{e:g}')} (paper: 40 epochs)")
-            candidates = [e]
-        else:
-            candidates = [e for e in durations if mode == "max" or e <= 10] or list(durations)
-            if mode == "max<=10" and not any(e <= 10 for e in durations):
-                gaps.append("no pre-training duration of at most 10 epochs")
-        gaps_by_e = {e: level_gap(summary, durations[e], ref) for e in candidates}
-        e = max(gaps_by_e, key=lambda d: np.nan_to_num(gaps_by_e[d][0], nan=-math.inf))
-        m, sd, n = gaps_by_e[e]
-        c.measured_std, c.n = sd, n
-        c.measured = _gap_text(m, sd, n, durations[e], ref)
-        rows.append(c.judge(m, gaps))
-
-    sparse_specs = [  # Section 6.4 / Figure 10
-        (
-            "sparse_pretrain_imp_hurts",
-            "pre-training the IMP sub-network rewound to 500 under "
-            "its mask before training hurts its accuracy",
-            "hurts",
-            "imp_pretrained",
-            "imp_scratch",
-            "pre-trained - not pre-trained < 0 pp",
-            -math.inf,
-            0.0,
-        ),
-        (
-            "sparse_pretrain_no_benefit",
-            "pre-training reinitialised or randomly pruned "
-            "sub-networks gives no benefit beyond IMP rewound to 0 (largest gap)",
-            "no benefit beyond k = 0",
-            ("reinit_pretrained", "random_pretrained"),
-            "rewind0",
-            f"pre-trained - rewind0 <= +{NO_GAIN_TOLERANCE:g} pp",
-            -math.inf,
-            NO_GAIN_TOLERANCE,
-        ),
-    ]
-    for cid, desc, paper, a, b, rule, lo, hi in sparse_specs:
-        c = Claim(
-            id=cid,
-            paper_ref="Figure 10 / Section 6.4",
-            network=MAIN_NETWORK,
-            description=desc + " (measured: pp, mean over the pruned levels)",
-            paper=paper,
-            source='Section 6.4: "found no benefit beyond rewinding to iteration 0 ... '
-            'starting from a sub-network rewound to iteration 500 actually hurts"',
-            rule=rule,
-            accept_low=lo,
-            accept_high=hi,
-        )
-        if scale is None or sparse_path is None:
-            rows.append(c.not_run("sparse pre-training is disabled (pretrain.sparse.kinds)"))
-            continue
-        summary = aggregate.read_summary(sparse_path)
-        names = [n for n in ((a,) if isinstance(a, str) else a) if n in summary]
-        if not names or b not in summary:
-            rows.append(c.not_run(f"the run has no {a} and {b} series"))
-            continue
-        gaps = [*main_gaps(scale)]
-        if sparse.get("rewind_iteration") != PRETRAIN_REWIND:
-            gaps.append(f"sub-networks rewound to {sparse.get('rewind_iteration')} (paper: 500)")
-        if float(sparse.get("epochs", _NAN)) != PRETRAIN_EPOCHS or sparse.get("task") != "rotation":
-            done = plots.epochs_text(sparse.get("epochs"))
-            gaps.append(f"{done} of {sparse.get('task')} (paper: 40 epochs of rotation)")
-        results = {n: level_gap(summary, n, b) for n in names}
-        worst = max(results, key=lambda n: np.nan_to_num(results[n][0], nan=-math.inf))
-        m, sd, n = results[worst]
-        c.network, c.scale, c.measured_std, c.n = scale.network, scale_label(scale, levels), sd, n
-        c.measured = _gap_text(m, sd, n, worst, b)
-        rows.append(c.judge(m, gaps))
     return rows

@@ -13,20 +13,21 @@ import numpy as np
 from . import aggregate, plots
 from .claim import (
     _NAN,
+    NOT_MEASURED,
     Claim,
+    Measured,
     Scale,
     _closest,
     _row_at,
     main_gaps,
-    mean_std,
-    scale_label,
+    over_seeds,
+    row,
 )
 from .paper import (
     EFFECTIVE_STD,
     EFFECTIVE_STD_K,
     FIGURE8,
     FIGURE8_REMAINING,
-    MAIN_NETWORK,
 )
 
 EFFECTIVE_STD_TOLERANCE = 0.2  # relative: reproduced within 20% of the paper's value
@@ -82,48 +83,59 @@ def _level_gap(summary: dict, level: int, wanted: float) -> tuple[float, list[st
     ]
 
 
+_DISABLED = "perturbations are disabled (perturb.run is empty)"
+
+
 def effective_std_claims(
     scale: Scale | None, perturb: dict[int, str], variants: dict, level: int
 ) -> list[Claim]:
-    rows = []
+    """Section 5's effective standard deviations at k = 500 (``paper.EFFECTIVE_STD``), one row
+    per perturbation, then Figure 8's "every mean is about 0"."""
     summaries = {k: aggregate.read_summary(p) for k, p in perturb.items()}
     k, k_gaps = _perturb_choice(perturb, EFFECTIVE_STD_K) if perturb else (None, [])
     summary = summaries.get(k)
     rem, level_gaps = _level_gap(summary, level, FIGURE8_REMAINING) if summary else (_NAN, [])
+    rows = []
     for suffix, spec, value, where, what in EFFECTIVE_STD:
-        lo, hi = value * (1 - EFFECTIVE_STD_TOLERANCE), value * (1 + EFFECTIVE_STD_TOLERANCE)
-        c = Claim(
+        facts = dict(
             id=f"effective_std_{suffix}",
             paper_ref="Section 5 / Figure 8",
-            network=MAIN_NETWORK,
             description=f"effective std of the perturbation at k = 500: {what}",
             paper=f"0.0 ± {value:g} (mean ± std)",
             source=f"{where} (k = 500; the paper does not state the sparsity: compared at "
             "Figure 8's 26.2%)",
             rule=f"within {EFFECTIVE_STD_TOLERANCE:.0%} of {value:g}",
             paper_value=value,
-            accept_low=lo,
-            accept_high=hi,
+            accept_low=value * (1 - EFFECTIVE_STD_TOLERANCE),
+            accept_high=value * (1 + EFFECTIVE_STD_TOLERANCE),
         )
         if scale is None or summary is None:
-            rows.append(c.not_run("perturbations are disabled (perturb.run is empty)"))
+            rows.append(row(**facts, not_run=_DISABLED))
             continue
         name = find_variant(variants, spec)
         if name is None or name not in summary:
-            rows.append(c.not_run(f"no configured variant is {spec}"))
+            rows.append(row(**facts, not_run=f"no configured variant is {spec}"))
             continue
-        i = _row_at(summary[name], level)
-        eff = summary[name]["effective_std"][i] if i is not None else []
-        m, sd, n = mean_std(eff)
-        c.network, c.scale = scale.network, scale_label(scale)
-        c.measured = f"{m:.4f} ± {sd:.4f} (n = {n}; {name}, k = {k}, {rem:.1f}%)"
-        c.measured_std, c.n = sd, n
-        rows.append(c.judge(m, [*main_gaps(scale), *k_gaps, *level_gaps]))
+        measured = _effective_std(summary[name], level, f"{name}, k = {k}, {rem:.1f}%")
+        gaps = [*main_gaps(scale), *k_gaps, *level_gaps]
+        rows.append(row(**facts, scale=scale, measured=measured, gaps=gaps))
+    return [*rows, _effective_mean_claim(scale, summary, variants, level, k_gaps)]
 
-    c = Claim(
+
+def _effective_std(series: dict, level: int, where: str) -> Measured:
+    """Mean +- std over seeds of one variant's effective std at ``level``."""
+    i = _row_at(series, level)
+    eff = series["effective_std"][i] if i is not None else []
+    return over_seeds(eff, lambda m, sd, n: f"{m:.4f} ± {sd:.4f} (n = {n}; {where})")
+
+
+def _effective_mean_claim(
+    scale: Scale | None, summary: dict | None, variants: dict, level: int, k_gaps: list[str]
+) -> Claim:
+    """Figure 8's caption: each perturbation's mean is about 0 (the largest |mean| / std)."""
+    facts = dict(
         id="effective_mean_zero",
         paper_ref="Figure 8",
-        network=MAIN_NETWORK,
         description="every perturbation's mean change is about 0 (measured: the largest "
         "|mean| / effective std over the variants)",
         paper="approximately 0",
@@ -134,7 +146,7 @@ def effective_std_claims(
         accept_high=EFFECTIVE_MEAN_RATIO,
     )
     if scale is None or summary is None:
-        return [*rows, c.not_run("perturbations are disabled (perturb.run is empty)")]
+        return row(**facts, not_run=_DISABLED)
     ratios = {}
     for name in variants:
         i = _row_at(summary[name], level) if name in summary else None
@@ -143,9 +155,11 @@ def effective_std_claims(
             std = float(np.nanmean(summary[name]["effective_std"][i]))
             ratios[name] = abs(mean) / std if std > 0 else _NAN
     worst = max(ratios, key=lambda n: np.nan_to_num(ratios[n], nan=math.inf)) if ratios else None
-    c.network, c.scale, c.n = scale.network, scale_label(scale), len(ratios)
-    c.measured = f"{ratios[worst]:.3f} ({worst}; {len(ratios)} variants)" if worst else "-"
-    return [*rows, c.judge(ratios[worst] if worst else _NAN, [*main_gaps(scale), *k_gaps])]
+    measured = NOT_MEASURED
+    if worst:
+        text = f"{ratios[worst]:.3f} ({worst}; {len(ratios)} variants)"
+        measured = Measured(ratios[worst], text, n=len(ratios))
+    return row(**facts, scale=scale, measured=measured, gaps=[*main_gaps(scale), *k_gaps])
 
 
 def figure8_claims(
@@ -155,10 +169,9 @@ def figure8_claims(
     rows = []
     for k_paper, (r_paper, p_paper) in FIGURE8.items():
         where = f"Section 5.3 and Figure 8 caption: k = {k_paper}, r = {r_paper}, p = {p_paper}"
-        r_row = Claim(
+        r_facts = dict(
             id=f"figure8_r_k{k_paper}",
             paper_ref="Figure 8 / Section 5.3",
-            network=MAIN_NETWORK,
             description=f"Pearson r of effective std vs mean "
             f"accuracy across perturbations at 26.2% remaining, k = {k_paper}",
             paper=f"r = {r_paper}",
@@ -168,10 +181,9 @@ def figure8_claims(
             accept_low=r_paper - R_TOLERANCE,
             accept_high=r_paper + R_TOLERANCE,
         )
-        p_row = Claim(
+        p_facts = dict(
             id=f"figure8_p_k{k_paper}",
             paper_ref="Figure 8 / Section 5.3",
-            network=MAIN_NETWORK,
             description=f"two-sided p of that correlation, k = {k_paper}",
             paper=f"p = {p_paper}",
             source=where,
@@ -181,8 +193,7 @@ def figure8_claims(
             accept_high=P_THRESHOLD,
         )
         if scale is None or not perturb:
-            why = "perturbations are disabled (perturb.run is empty)"
-            rows += [r_row.not_run(why), p_row.not_run(why)]
+            rows += [row(**r_facts, not_run=_DISABLED), row(**p_facts, not_run=_DISABLED)]
             continue
         k, k_gaps = _perturb_choice(perturb, k_paper)
         summary = aggregate.read_summary(perturb[k])
@@ -195,8 +206,9 @@ def figure8_claims(
                 f"only {len(points)} perturbation variants (the paper correlates all of "
                 f"Section 5's; at least {FIGURE8_MIN_POINTS} needed)"
             )
-        for row, value, text in ((r_row, r, f"r = {r:.3f}"), (p_row, p, f"p = {p:.3g}")):
-            row.network, row.scale, row.n = scale.network, scale_label(scale), len(points)
-            row.measured = f"{text} ({len(points)} variants, k = {k}, {rem:.1f}%)"
-            rows.append(row.judge(value, gaps))
+        tail = f"({len(points)} variants, k = {k}, {rem:.1f}%)"
+        r_measured = Measured(r, f"r = {r:.3f} {tail}", n=len(points))
+        p_measured = Measured(p, f"p = {p:.3g} {tail}", n=len(points))
+        rows.append(row(**r_facts, scale=scale, measured=r_measured, gaps=gaps))
+        rows.append(row(**p_facts, scale=scale, measured=p_measured, gaps=gaps))
     return rows

@@ -1,4 +1,4 @@
-"""Batches of models: the N >= 1 runs one training job trains together (issue 7 item 3, issue 12).
+"""Batches of models: the N >= 1 runs one training job trains together.
 
 ``train.train_runs`` -- the one training loop -- trains a *batch* of runs of one network shape.
 A batch presents N models through one interface (``logits``, ``parameters``, ``masked``,
@@ -34,7 +34,7 @@ batching rule, which also becomes a grouped convolution, in NCHW) runs at a lowe
 N plain ones (grouped 0.46-0.82x, vmap 0.31-0.56x for N = 2..8, measured). On a GPU one
 small-network run (ResNet-20/56 at batch 128) leaves most of the device idle -- each of its ~200
 kernels per step is too small to fill the SMs and the step is launch-bound -- and N runs per job
-issue the same number of launches with N times the work each. ``runtime.runs_per_job`` sets N per
+make the same number of launches with N times the work each. ``runtime.runs_per_job`` sets N per
 network; ``python -m pipeline_scripts.tools.bench --multirun`` measures where it stops paying.
 """
 

@@ -1,4 +1,4 @@
-"""Figures of the measurements beyond the paper (issue 14): instability and sharpness.
+"""Figures of the measurements beyond the paper: instability and sharpness.
 
 * ``figure_instability``: (a) the error barrier against the rewind point k, mean +- std over seeds,
   for the dense network and the IMP sub-network (the x axis of Figure 1's k), with the follow-up

@@ -5,7 +5,7 @@ Dense runs, IMP levels, perturbation branches and pre-trained starts differ only
     optionally transformed by a named ``perturbation``), and
   * which mask constrains them (none, a mask file, or a new mask pruned from a previous level).
 Everything else (data, loop, outputs, provenance, resume) is shared, so an experiment family is a
-new way of naming a start state, not a copy of the training code (issue 3, item 3).
+new way of naming a start state, not a copy of the training code.
 """
 
 from __future__ import annotations

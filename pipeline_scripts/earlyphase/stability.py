@@ -27,6 +27,7 @@ Files: one ``interpolation.h5`` per (network, seed, sub-network, k), summarised 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -135,6 +136,60 @@ def curve(
 
 
 # ---- the interpolate job -------------------------------------------------------------------------
+class _Copy(NamedTuple):
+    """One of the two copies, as its files record it."""
+
+    state: dict  # final weights
+    accuracy: float  # its own recorded final test accuracy
+    precision: str
+    remaining: float  # weights remaining fraction
+
+
+def _load_copy(copy: str, final: str, mfile: str, run: dict, dev) -> _Copy:
+    """A copy's final weights, after checking that its metrics file and checkpoint record the run
+    and that it was trained on its own data stream ``copy``."""
+    want = {
+        "network": run["network"],
+        "seed": run["seed"],
+        "level": run["level"],
+        "rewind_iteration": run["rewind_iteration"],
+        "experiment": "stability",
+    }
+    attrs = metrics.read_attrs(mfile)
+    identity.check(mfile, attrs, want, identity.describe(want))
+    if attrs.get("data_stream") != copy:
+        raise ValueError(
+            f"{mfile} was trained on data stream {attrs.get('data_stream')!r}, "
+            f"not {copy!r}: delete it and re-run its copy"
+        )
+    ck = checkpoint.load(final, map_location=dev)
+    identity.check(
+        final,
+        {"network": ck["network"], **ck["meta"]},
+        {"network": run["network"], "seed": run["seed"]},
+        identity.describe(want),
+    )
+    return _Copy(
+        ck["state_dict"],
+        float(attrs["final_test_accuracy"]),
+        str(attrs.get("precision", "fp32")),
+        float(attrs.get("weights_remaining_fraction", 1.0)),
+    )
+
+
+def _check_endpoints(result: dict, copies: list[_Copy], batchnorm: str, log) -> tuple:
+    """The accuracies at alpha = 0 and 1 and their largest difference from the copies' own."""
+    ends = (float(result["accuracy"][0]), float(result["accuracy"][-1]))
+    recorded = [c.accuracy for c in copies]
+    diff = max(abs(a - b) for a, b in zip(ends, recorded, strict=True))
+    if batchnorm == "interpolate":
+        log(
+            f"endpoints {ends[0]:.4f} / {ends[1]:.4f} vs the copies' own final accuracies "
+            f"{recorded[0]:.4f} / {recorded[1]:.4f} (max difference {diff:.2e})"
+        )
+    return ends, diff
+
+
 def measure(
     finals: tuple[str, str],
     metrics_files: tuple[str, str],
@@ -153,33 +208,11 @@ def measure(
     that ``write`` stores, the endpoint check included."""
     dev = device.select_from(runtime)
     ds = data.load(data_path, dev)
-    states, recorded, precisions = [], [], []
-    for copy, final, mfile in zip(COPIES, finals, metrics_files, strict=True):
-        want = {
-            "network": run["network"],
-            "seed": run["seed"],
-            "level": run["level"],
-            "rewind_iteration": run["rewind_iteration"],
-            "experiment": "stability",
-        }
-        attrs = metrics.read_attrs(mfile)
-        identity.check(mfile, attrs, want, identity.describe(want))
-        if attrs.get("data_stream") != copy:
-            raise ValueError(
-                f"{mfile} was trained on data stream {attrs.get('data_stream')!r}, "
-                f"not {copy!r}: delete it and re-run its copy"
-            )
-        ck = checkpoint.load(final, map_location=dev)
-        identity.check(
-            final,
-            {"network": ck["network"], **ck["meta"]},
-            {"network": run["network"], "seed": run["seed"]},
-            identity.describe(want),
-        )
-        states.append(ck["state_dict"])
-        recorded.append(float(attrs["final_test_accuracy"]))
-        precisions.append(str(attrs.get("precision", "fp32")))
-        remaining = float(attrs.get("weights_remaining_fraction", 1.0))
+    copies = [
+        _load_copy(copy, final, mfile, run, dev)
+        for copy, final, mfile in zip(COPIES, finals, metrics_files, strict=True)
+    ]
+    precisions = [c.precision for c in copies]
     if len(set(precisions)) != 1:
         raise ValueError(
             f"the copies were trained in different precisions {precisions} ({metrics_files}): "
@@ -200,20 +233,14 @@ def measure(
     batch = int(hparams["batch_size"])
     result = curve(
         model,
-        states[0],
-        states[1],
+        copies[0].state,
+        copies[1].state,
         evaluate,
         points,
         batchnorm,
         recompute=lambda m: recompute_batchnorm(m, sample, normalise, batch),
     )
-    ends = (float(result["accuracy"][0]), float(result["accuracy"][-1]))
-    diff = max(abs(a - b) for a, b in zip(ends, recorded, strict=True))
-    if batchnorm == "interpolate":
-        log(
-            f"endpoints {ends[0]:.4f} / {ends[1]:.4f} vs the copies' own final accuracies "
-            f"{recorded[0]:.4f} / {recorded[1]:.4f} (max difference {diff:.2e})"
-        )
+    ends, diff = _check_endpoints(result, copies, batchnorm, log)
     result["attrs"] = {
         **run,
         "experiment": "stability",
@@ -221,8 +248,8 @@ def measure(
         "batchnorm": batchnorm,
         "bn_samples": int(bn_samples) if batchnorm == "recompute" else 0,
         "points": int(points),
-        "weights_remaining_fraction": remaining,
-        "copy_final_accuracy": np.asarray(recorded),
+        "weights_remaining_fraction": copies[-1].remaining,
+        "copy_final_accuracy": np.asarray([c.accuracy for c in copies]),
         "endpoint_accuracy": np.asarray(ends),
         "endpoint_max_difference": diff,
         "device": str(dev),

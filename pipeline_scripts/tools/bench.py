@@ -1,4 +1,4 @@
-"""Training-throughput benchmark (issue 7): our loop against a standard PyTorch loop.
+"""Training-throughput benchmark: our loop against a standard PyTorch loop.
 
 Run::
 
@@ -22,7 +22,7 @@ threads (``device.configure``, as every job does):
   RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])``, a ``DataLoader`` (shuffle,
   batch 128, ``drop_last=False``) and a plain ``SGD`` step on an NCHW model. ``num_workers=0``:
   on a 2-core machine a loader worker process competes with the two compute threads for the same
-  two cores (a 2-thread job slows 4-9x when another process takes a core, issue 7), while loading
+  two cores (a 2-thread job slows 4-9x when another process takes a core), while loading
   is only ~10% of a step; with a GPU or more cores a standard loop would use workers.
   For networks that also have a reference, ours and the reference alternate in rounds, so both see
   the same background load and their ratio is meaningful on a shared machine.
@@ -125,8 +125,8 @@ def _busy_seconds() -> float | None:
 class Monitor:
     """How many cores other processes (and hypervisor steal) used while we were timing.
 
-    A 2-thread job on a 2-core machine slows 4-9x when anything else takes a core (issue 7), so a
-    window that overlapped other work measures the neighbours, not the loop. ``others`` is
+    A 2-thread job on a 2-core machine slows 4-9x when anything else takes a core, so a window
+    that overlapped other work measures the neighbours, not the loop. ``others`` is
     (busy CPU seconds of the whole machine - this process's CPU seconds) / wall seconds.
     """
 
@@ -787,6 +787,8 @@ def wait_quiet(max_other_cores: float, timeout_s: float, log: Callable[[str], No
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """The whole benchmark (module docstring): the matmul peak, every network's training rate
+    (``_time_network``), the optional parts (``_optional_parts``), the peak again (pooled)."""
     device.configure(args.threads)
     dev = device.select(args.device)
     plan = Plan(max_other_cores=args.max_other_cores).scaled(args.quick)
@@ -799,13 +801,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         "quick": bool(args.quick),
         "plan": dataclasses.asdict(plan),
     }
-    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        if args.data:
-            ds = data.load(args.data, dev)
-            result["data"] = {"file": str(args.data), **_data_info(ds)}
-        else:
-            ds = _synthetic(Path(tmp), args.quick, dev)
-            result["data"] = {"file": None, "synthetic": True, **_data_info(ds)}
+    ds, result["data"] = _load_data(args, dev)
     log(
         f"benchmark on {result['machine']['device']} ({result['machine']['cpu']}), "
         f"{torch.get_num_threads()} thread(s), {result['data']['n_train']} training images"
@@ -822,45 +818,73 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     result["networks"] = {}
     for net, sparsity in entries:
         key = net if not sparsity else f"{net}_sparse{round(100 * sparsity)}"
-        b = args.batch_size or BATCH_SIZE.get(net, 128)
-        flops = forward_flops(net, dev, b)
-        with_ref = not sparsity and (args.reference == ["all"] or net in args.reference)
-        # Alternate with what it is compared to: the reference loop, or (masked) the dense net.
-        rounds = 1 if args.quick or not (with_ref or sparsity) else args.rounds
-        sub = dataclasses.replace(plan, windows=max(1, math.ceil(plan.windows / rounds)))
-        if rounds == 1:
-            sub = plan
-        ours, ref, dense = [], [], []
-        for _ in range(rounds):
-            ours.append(time_ours(net, ds, sub, batch_size=b, sparsity=sparsity))
-            if with_ref:
-                ref.append(time_reference(net, ds, sub, batch_size=args.reference_batch_size))
-            if sparsity:
-                dense.append(time_ours(net, ds, sub, batch_size=b))
-        entry = {
-            "network": net,
-            "batch_size": b,
-            "sparsity": sparsity,
-            "forward_flops_per_image": flops,
-            "ours": _merge(ours).to_dict(),
-        }
-        ips = entry["ours"]["img_s"]
-        entry["train_gflops"] = 3 * flops * ips / 1e9
-        entry["fraction_of_matmul_peak"] = entry["train_gflops"] / peak["gflops"]
-        if ref:
-            entry["reference"] = _merge(ref).to_dict()
-            entry["reference"]["batch_size"] = args.reference_batch_size or b
-            entry["ratio_to_reference"] = ips / entry["reference"]["img_s"]
-        if dense:
-            entry["dense"] = _merge(dense).to_dict()
-            entry["ratio_to_dense"] = ips / entry["dense"]["img_s"]
-        if not sparsity:
-            entry["eval"] = {
-                str(args.eval_batch_size): time_eval(net, ds, args.eval_batch_size, plan)
-            }
-        result["networks"][key] = entry
+        result["networks"][key] = entry = _time_network(net, sparsity, args, ds, dev, plan, peak)
         log(_row(key, entry))
 
+    _optional_parts(result, args, ds, plan, log)
+    _pool_peak(result, matmul_peak(dev, plan, n=peak["n"], windows=3 if args.quick else 7))
+    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["seconds"] = time.perf_counter() - t0
+    log("")
+    log(table(result))
+    return result
+
+
+def _load_data(args: argparse.Namespace, dev: torch.device) -> tuple[data.Dataset, dict]:
+    """``--data``'s file, or synthetic images; and what the result records about them."""
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        if args.data:
+            ds = data.load(args.data, dev)
+            return ds, {"file": str(args.data), **_data_info(ds)}
+        ds = _synthetic(Path(tmp), args.quick, dev)
+        return ds, {"file": None, "synthetic": True, **_data_info(ds)}
+
+
+def _time_network(
+    net: str, sparsity: float, args: argparse.Namespace, ds: data.Dataset, dev, plan: Plan, peak
+) -> dict:
+    """One network's entry: our loop's img/s (masked when ``sparsity``), alternating in rounds
+    with what it is compared to (the reference loop, or for the masked net the dense one), its
+    FLOP rate, and the evaluation rate."""
+    b = args.batch_size or BATCH_SIZE.get(net, 128)
+    flops = forward_flops(net, dev, b)
+    with_ref = not sparsity and (args.reference == ["all"] or net in args.reference)
+    rounds = 1 if args.quick or not (with_ref or sparsity) else args.rounds
+    sub = dataclasses.replace(plan, windows=max(1, math.ceil(plan.windows / rounds)))
+    if rounds == 1:
+        sub = plan
+    ours, ref, dense = [], [], []
+    for _ in range(rounds):
+        ours.append(time_ours(net, ds, sub, batch_size=b, sparsity=sparsity))
+        if with_ref:
+            ref.append(time_reference(net, ds, sub, batch_size=args.reference_batch_size))
+        if sparsity:
+            dense.append(time_ours(net, ds, sub, batch_size=b))
+    entry = {
+        "network": net,
+        "batch_size": b,
+        "sparsity": sparsity,
+        "forward_flops_per_image": flops,
+        "ours": _merge(ours).to_dict(),
+    }
+    ips = entry["ours"]["img_s"]
+    entry["train_gflops"] = 3 * flops * ips / 1e9
+    entry["fraction_of_matmul_peak"] = entry["train_gflops"] / peak["gflops"]
+    if ref:
+        entry["reference"] = _merge(ref).to_dict()
+        entry["reference"]["batch_size"] = args.reference_batch_size or b
+        entry["ratio_to_reference"] = ips / entry["reference"]["img_s"]
+    if dense:
+        entry["dense"] = _merge(dense).to_dict()
+        entry["ratio_to_dense"] = ips / entry["dense"]["img_s"]
+    if not sparsity:
+        entry["eval"] = {str(args.eval_batch_size): time_eval(net, ds, args.eval_batch_size, plan)}
+    return entry
+
+
+def _optional_parts(result: dict, args: argparse.Namespace, ds, plan: Plan, log) -> None:
+    """The parts a flag switches off ('none'): the eval sweep, torch.compile, runs per job, the
+    memory-fill ablation and the conv layouts; each adds its section to ``result``."""
     if args.eval_sweep and args.eval_sweep != "none":
         sweep = {str(bs): time_eval(args.eval_sweep, ds, bs, plan) for bs in args.eval_batches}
         result["eval_sweep"] = {"network": args.eval_sweep, "batch_sizes": sweep}
@@ -868,11 +892,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             f"eval {args.eval_sweep}: "
             + ", ".join(f"batch {bs} {v['img_s']:.0f} img/s" for bs, v in sweep.items())
         )
-
     if args.compile and args.compile != "none":
         rounds = 1 if args.quick else args.rounds
-        result["compile"] = _compile(args.compile, ds, plan, args.batch_size, rounds)
-        c = result["compile"]
+        result["compile"] = c = _compile(args.compile, ds, plan, args.batch_size, rounds)
         log(
             f"torch.compile {args.compile}: {c['compile_s']:.1f} s to compile, "
             f"{c['compiled_img_s']:.0f} vs eager {c['eager_img_s']:.0f} img/s "
@@ -880,21 +902,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         )
     if args.multirun and args.multirun != "none":
         sub = dataclasses.replace(plan, windows=min(plan.windows, 3))
-        result["runs_per_job"] = {
-            "network": args.multirun,
-            "groups": runs_per_job(
-                args.multirun, ds, args.multirun_n, args.multirun_methods, sub, args.batch_size
-            ),
-        }
-        for k, v in result["runs_per_job"]["groups"].items():
+        groups = runs_per_job(
+            args.multirun, ds, args.multirun_n, args.multirun_methods, sub, args.batch_size
+        )
+        result["runs_per_job"] = {"network": args.multirun, "groups": groups}
+        for k, v in groups.items():
             log(
                 f"{args.multirun} {k}: {v['img_s']:.0f} img/s together vs {v['separate_img_s']:.0f}"
                 f" one run at a time: x{v['speedup']:.2f}"
             )
     if args.fill_ablation and args.fill_ablation != "none":
         rounds = 1 if args.quick else max(args.rounds, 5)
-        result["fill_ablation"] = fill_ablation(args.fill_ablation, ds, plan, rounds)
-        f = result["fill_ablation"]
+        result["fill_ablation"] = f = fill_ablation(args.fill_ablation, ds, plan, rounds)
         log(
             f"{args.fill_ablation}: deterministic mode's fill of new memory on "
             f"{f['fill_on_img_s']:.0f} img/s, off (device.configure) {f['fill_off_img_s']:.0f} "
@@ -906,7 +925,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             layer_layouts(net, plan, rounds, args.batch_size) for net in args.layers
         ]
         log(layers_table(result))
-    end = matmul_peak(dev, plan, n=peak["n"], windows=3 if args.quick else 7)
+
+
+def _pool_peak(result: dict, end: dict) -> None:
+    """The matmul peak measured again at the end, pooled with the first; every network's
+    fraction of the peak against the pooled one."""
+    peak = result["matmul"]
     pooled = peak["windows_gflops"] + end["windows_gflops"]
     peak.update(
         start_gflops=peak["gflops"],
@@ -915,13 +939,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         gflops=statistics.median(pooled),
     )
     peak["contended_windows_gflops"] += end["contended_windows_gflops"]
-    for e in result["networks"].values():  # against the peak pooled over the whole run
+    for e in result["networks"].values():
         e["fraction_of_matmul_peak"] = e["train_gflops"] / peak["gflops"]
-    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    result["seconds"] = time.perf_counter() - t0
-    log("")
-    log(table(result))
-    return result
 
 
 def _data_info(ds: data.Dataset) -> dict:

@@ -97,15 +97,35 @@ def _layer_errors(network: str, method: str) -> float | None:
     checks for a crash, a hang and finite gradients only."""
     import torch
     import torch.nn.functional as F
-    from torch.func import functional_call
 
-    from pipeline_scripts.earlyphase import models, multirun, rng
     from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
     if method == "hvp":
         return _hvp(network)
+    group, xs, ys = _training_batch(network, method)
+    layers = [] if method == "vmap" else _layers_with_parameters(group, method)
+    seen, capturing = _capture(layers)
+    out = group.logits(xs, group.normaliser(TrainingHparams(), torch.device("cpu")))
+    F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.reshape(-1)).backward()
+    capturing[0] = False
+    worst = 0.0
+    for name, m in layers:
+        for e in _errors(m, seen[name]):
+            worst = max(worst, e)
+    grads = [p.grad for p in group.parameters()]
+    if not all(gr is not None and bool(torch.isfinite(gr).all()) for gr in grads):
+        return float("inf")
+    return None if method == "vmap" else worst
+
+
+def _training_batch(network: str, method: str):
+    """The batch of one case as training runs it (``multirun.make``: one plain model, or two
+    grouped / vmapped), in training mode, and its random uint8 images and labels."""
+    import torch
+
+    from pipeline_scripts.earlyphase import models, multirun, rng
+
     n = 1 if method == "single" else 2
-    cpu = torch.device("cpu")
     nets = []
     for seed in range(1, n + 1):
         m = models.build(network)
@@ -114,20 +134,25 @@ def _layer_errors(network: str, method: str) -> float | None:
     g = rng.generator(0, "cpu_check")
     xs = [torch.randint(0, 256, (BATCH, 3, 32, 32), generator=g, dtype=torch.uint8) for _ in nets]
     ys = torch.stack([torch.randint(0, 10, (BATCH,), generator=g) for _ in nets])
-    group = multirun.make(method if n > 1 else "grouped", nets, cpu)
+    group = multirun.make(method if n > 1 else "grouped", nets, torch.device("cpu"))
     group.train(True)
+    return group, xs, ys
 
-    # Every module with parameters of its own: its input, output and gradients, as computed.
+
+def _layers_with_parameters(group, method: str) -> list:
+    """(name, module) of every module with parameters of its own."""
+    net = group.model if method == "single" else group.net
+    return [
+        (name, m)
+        for name, m in net.named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+    ]
+
+
+def _capture(layers: list) -> tuple[dict, list[bool]]:
+    """Hooks recording each layer's input, output and gradients, as computed, into the returned
+    dict while the returned switch is on (the float64 twin later runs the same modules)."""
     seen, capturing = {}, [True]
-    layers = (
-        []
-        if method == "vmap"
-        else [
-            (name, m)
-            for name, m in (group.model if n == 1 else group.net).named_modules()
-            if any(True for _ in m.parameters(recurse=False))
-        ]
-    )
 
     def forward_hook(m, args, out, name):
         if capturing[0]:
@@ -140,40 +165,38 @@ def _layer_errors(network: str, method: str) -> float | None:
     for name, m in layers:
         m.register_forward_hook(lambda m, a, o, name=name: forward_hook(m, a, o, name))
         m.register_full_backward_hook(lambda m, gi, go, name=name: backward_hook(m, gi, go, name))
-    out = group.logits(xs, group.normaliser(TrainingHparams(), cpu))
-    F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.reshape(-1)).backward()
-    capturing[0] = False
+    return seen, capturing
 
-    def evaluate(m, x, grad_out, sign):
-        """Output, parameter gradients and input gradient of ``m`` in float64; with ``sign`` =
-        abs, of |inputs| (for a linear layer: each result's sum of absolute terms)."""
-        params = {k: sign(p.detach().double()).requires_grad_() for k, p in m.named_parameters()}
-        buffers = {
-            k: b.double() if b.is_floating_point() else b.clone() for k, b in m.named_buffers()
-        }
-        x = sign(x.detach().double()).requires_grad_()
-        out = functional_call(m, {**params, **buffers}, (x,))
-        out.backward(sign(grad_out.double()))
-        return [out.detach(), *(params[k].grad for k, _ in m.named_parameters()), x.grad]
 
-    worst = 0.0
-    for name, m in layers:
-        s = seen[name]
-        got = [s["out"], *(p.grad for _, p in m.named_parameters()), s["grad_x"]]
-        want = evaluate(m, s["x"], s["grad_out"], lambda t: t)
-        # A float sum is accurate relative to the sum of its terms' absolute values, not to its
-        # result: a convolution's bias before a BatchNorm has a gradient that cancels to ~0.
-        linear = isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, multirun.GroupedLinear))
-        bound = evaluate(m, s["x"], s["grad_out"], torch.abs) if linear else want
-        for a, b, c in zip(got, want, bound, strict=True):
-            if a is None or b is None:  # the network's input needs no gradient
-                continue
-            e = float((a.double() - b).abs().max() / c.abs().max().clamp_min(1e-30))
-            worst = max(worst, e)
-    grads = [p.grad for p in group.parameters()]
-    if not all(gr is not None and bool(torch.isfinite(gr).all()) for gr in grads):
-        return float("inf")
-    return None if method == "vmap" else worst
+def _float64(m, x, grad_out, sign) -> list:
+    """Output, parameter gradients and input gradient of ``m`` in float64; with ``sign`` = abs,
+    of |inputs| (for a linear layer: each result's sum of absolute terms)."""
+    from torch.func import functional_call
+
+    params = {k: sign(p.detach().double()).requires_grad_() for k, p in m.named_parameters()}
+    buffers = {k: b.double() if b.is_floating_point() else b.clone() for k, b in m.named_buffers()}
+    x = sign(x.detach().double()).requires_grad_()
+    out = functional_call(m, {**params, **buffers}, (x,))
+    out.backward(sign(grad_out.double()))
+    return [out.detach(), *(params[k].grad for k, _ in m.named_parameters()), x.grad]
+
+
+def _errors(m, s: dict):
+    """Relative error of each of one layer's recorded results (``_capture``) against float64."""
+    import torch
+
+    from pipeline_scripts.earlyphase import multirun
+
+    got = [s["out"], *(p.grad for _, p in m.named_parameters()), s["grad_x"]]
+    want = _float64(m, s["x"], s["grad_out"], lambda t: t)
+    # A float sum is accurate relative to the sum of its terms' absolute values, not to its
+    # result: a convolution's bias before a BatchNorm has a gradient that cancels to ~0.
+    linear = isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, multirun.GroupedLinear))
+    bound = _float64(m, s["x"], s["grad_out"], torch.abs) if linear else want
+    for a, b, c in zip(got, want, bound, strict=True):
+        if a is None or b is None:  # the network's input needs no gradient
+            continue
+        yield float((a.double() - b).abs().max() / c.abs().max().clamp_min(1e-30))
 
 
 def _sabotage(name: str) -> None:

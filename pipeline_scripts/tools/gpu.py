@@ -672,7 +672,8 @@ def _grid_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out-dir", default="bench/out/gpu")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The subcommands (module docstring) and their arguments."""
     p = argparse.ArgumentParser(
         prog="python -m pipeline_scripts.tools.gpu",
         description=__doc__,
@@ -714,49 +715,62 @@ def main(argv=None) -> int:
     s.add_argument("--network", default="resnet20")
     s.add_argument("--data", required=True)
     s.add_argument("--graphs", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def _writer(outdir: Path, name: str):
+    """A function writing a result to ``<outdir>/<name>.json`` (atomically, by a rename)."""
+
+    def to_file(result):
+        tmp = outdir / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        tmp.replace(outdir / f"{name}.json")
+
+    return to_file
+
+
+def _grid_and_sizes(args, outdir: Path) -> None:
+    """``grid``, ``sizes`` and ``all``: the grid, the job sizes from it, and for ``all`` the cost
+    projection and (with ``--data``) the accuracy [and IMP] runs."""
+    if args.cmd == "sizes":  # only what a job runs: the config's precision and graphs switch
+        rt = cost.load_config([])["runtime"]
+        args.precisions, args.graphs, args.also = [rt["precision"]], [rt["cuda_graphs"]], []
+    with mps_daemon(args.mps):
+        result = grid(args, write=_writer(outdir, "grid"))
+    sz = sizes(result)
+    _writer(outdir, "sizes")(sz)
+    print("# config runtime: measured on " + result["device"])
+    print(json.dumps(sz, indent=1))
+    if args.cmd != "all":
+        return
+    est = cost.estimate(cost.load_config([]), cost.dag([]), result)
+    _writer(outdir, "cost")(est)
+    print(cost.report(est, result["device"]))
+    if args.data:
+        _writer(outdir, "accuracy")(accuracy(args))
+        if args.with_imp:
+            args.seed, args.rewinds, args.levels = args.seeds[0], [0, 500], 8
+            _writer(outdir, "imp")(imp(args))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.cmd == "worker":
         return worker(args)
     if args.cmd == "startup":
         return startup(args)
     outdir = Path(args.out_dir)
     outdir.mkdir(parents=True, exist_ok=True)
-
-    def write(name):
-        def to_file(result):
-            tmp = outdir / f".{name}.json.tmp"
-            tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-            tmp.replace(outdir / f"{name}.json")
-
-        return to_file
-
     if args.cmd == "check":
         with mps_daemon(args.mps):
-            result = check(args, write("check"))
+            result = check(args, _writer(outdir, "check"))
         return 0 if _check_passed(result) else 1
-    if args.cmd == "sizes":  # only what a job runs: the config's precision and graphs switch
-        rt = cost.load_config([])["runtime"]
-        args.precisions, args.graphs, args.also = [rt["precision"]], [rt["cuda_graphs"]], []
     if args.cmd in ("grid", "sizes", "all"):
-        with mps_daemon(args.mps):
-            result = grid(args, write=write("grid"))
-        sz = sizes(result)
-        write("sizes")(sz)
-        print("# config runtime: measured on " + result["device"])
-        print(json.dumps(sz, indent=1))
-        if args.cmd == "all":
-            est = cost.estimate(cost.load_config([]), cost.dag([]), result)
-            write("cost")(est)
-            print(cost.report(est, result["device"]))
-            if args.data:
-                write("accuracy")(accuracy(args))
-                if args.with_imp:
-                    args.seed, args.rewinds, args.levels = args.seeds[0], [0, 500], 8
-                    write("imp")(imp(args))
+        _grid_and_sizes(args, outdir)
     elif args.cmd == "accuracy":
-        write("accuracy")(accuracy(args))
+        _writer(outdir, "accuracy")(accuracy(args))
     elif args.cmd == "imp":
-        write("imp")(imp(args))
+        _writer(outdir, "imp")(imp(args))
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Planning benchmark (issue 8): how long Snakemake takes to build the DAG of a config, and to find
-out that there is nothing to do once every output exists.
+"""Planning benchmark: how long Snakemake takes to build the DAG of a config, and to find out that
+there is nothing to do once every output exists.
 
     python -m pipeline_scripts.tools.planning                       # the paper's config (config.yaml), 3 rounds
     python -m pipeline_scripts.tools.planning --configfile config.yaml my_overlay.yaml --rounds 5 --no-op

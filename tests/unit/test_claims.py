@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline_scripts.earlyphase import aggregate, claims, metrics, plots, telemetry
+from pipeline_scripts.earlyphase import aggregate, claim, claims, metrics, plots, telemetry
 
 PAPER_HP = {  # Appendix A
     "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 160,
@@ -360,6 +360,59 @@ def test_small_scale_is_not_comparable_and_says_why(tmp_path):
     assert "measured on resnet8_w4" in fig1.note and "k = 4" in fig1.description
     assert rows["tableA1_resnet20"].verdict == claims.NOT_RUN
     assert scales["resnet8_w4"].n_train == 512 and "2 seeds" in fig1.scale
+
+
+def test_a_row_is_judged_from_its_facts_in_one_place():
+    """claim.row: not run when told why; else not comparable with gaps (named before the row's
+    own note) or without a finite value; else reproduced iff the value is in the interval."""
+    facts = dict(
+        id="x",
+        paper_ref="ref",
+        description="what",
+        paper="1.5",
+        source="where",
+        rule="in [1, 2]",
+        accept_low=1.0,
+        accept_high=2.0,
+    )
+    scale = claims.Scale(
+        network="resnet56",
+        seeds=(1, 2),
+        data_source="torchvision",
+        n_train=50_000,
+        n_test=10_000,
+        epochs=160,
+        iterations=62_560,
+        iterations_per_epoch=391,
+        batch_size=128,
+        lr=0.1,
+        milestones=(80, 120),
+    )
+    off = claim.row(**facts, scale=None, note="ignored", not_run="switched off")
+    assert (off.verdict, off.note) == (claims.NOT_RUN, "switched off")
+    assert (off.network, off.scale) == ("resnet20", "")  # the paper's network, no scale
+    assert off.measured == "-" and math.isnan(off.measured_value) and off.n == 0
+
+    measured = claim.over_seeds([1.4, 1.6])
+    inside = claim.row(**facts, scale=scale, levels=8, measured=measured, note="a note")
+    assert (inside.verdict, inside.note) == (claims.REPRODUCED, "a note")
+    assert inside.network == "resnet56"
+    assert inside.scale == claims.scale_label(scale, 8) and "8 IMP levels" in inside.scale
+    assert inside.measured == "1.5 ± 0.1 (n = 2)" and inside.measured_value == pytest.approx(1.5)
+    assert inside.measured_std == pytest.approx(np.std([1.4, 1.6], ddof=1)) and inside.n == 2
+
+    outside = claim.row(**facts, scale=scale, measured=claim.Measured(2.5, "2.5"))
+    assert outside.verdict == claims.NOT_REPRODUCED and outside.note == ""
+    for edge in (1.0, 2.0):  # the interval is closed
+        assert claim.row(**facts, measured=claim.Measured(edge)).verdict == claims.REPRODUCED
+
+    gapped = claim.row(**facts, measured=claim.Measured(1.5), gaps=["gap 1", "gap 2"], note="n")
+    assert gapped.verdict == claims.NOT_COMPARABLE and gapped.note == "gap 1; gap 2; n"
+    assert gapped.measured_value == 1.5  # still shown
+
+    unmeasured = claim.row(**facts, scale=scale)
+    assert unmeasured.verdict == claims.NOT_COMPARABLE
+    assert unmeasured.note == "no finite measurement"
 
 
 def test_variants_match_by_perturbation_not_by_name():
