@@ -1,5 +1,5 @@
 # The two commands of the README. Both set themselves up on a fresh machine (Python 3.11, no GPU):
-#   make laptop   the whole pipeline at laptop scale on real CIFAR-10 (about 15 minutes on 2 cores)
+#   make laptop   the whole pipeline at laptop scale on real CIFAR-10 (wall time: docs/measurements.md)
 #   make test     the whole test suite
 # `make laptop DATA=/path/to/cifar10-jpg.tar.gz` uses an offline image-folder copy instead of the
 # torchvision download.

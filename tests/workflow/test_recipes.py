@@ -1,150 +1,171 @@
-"""The README's "Extending it" recipes, followed to the letter on a copy of the repository: a new
-network, a new perturbation kind, a new pre-training task and a new experiment family (a toy one:
-dense runs at a fraction of the learning rate) are added exactly as documented, the schema/registry
-test still passes, and the DAG plans and runs them on generated data. If a recipe
-stops working (a registry moves, a step is missing from the README), this test fails."""
+"""docs/extending.md's recipes, followed to the letter on a copy of the repository.
+
+The page's steps are sentences of five fixed forms, each followed by a code block ("In `FILE`,
+after the line `ANCHOR`, insert:", "... before the line ...", "In `FILE`, replace the line `ANCHOR`
+with:", "At the end of `FILE`, append:", "Create `FILE`:"). This test reads them from the page and
+applies exactly those blocks, in order, to a copy of the tracked files: a toy network, a toy
+perturbation kind, a toy pre-training task and a toy experiment family (dense runs at half the
+learning rate). It then checks that the registries and the schema still agree, runs the page's
+commands ("Trying them": train the new things on generated data, cost the config) and checks
+what they produced. Editing a block on the page changes what is tested; a recipe whose anchor
+moved fails here, naming the step."""
 
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import pytest
-from test_workflow import ROOT, SNAKEMAKE
+from test_workflow import ROOT
 
-# The README's steps, as edits: (file, anchor text, text inserted before the anchor)
-NETWORK = (
-    "pipeline_scripts/earlyphase/models.py",
-    "_NUM = r",
-    '''def _mlp(m, num_classes):
-    """A one-hidden-layer perceptron of width W (the recipe's toy network)."""
-    width = int(m[1])
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(3 * 32 * 32, width), nn.ReLU(), nn.Linear(width, num_classes)
-    )
+DOC = ROOT / "docs" / "extending.md"
+# The five step forms; `path` names the file, `anchor` the line the step is placed by.
+STEP_FORMS = [
+    (re.compile(r"^In `(?P<path>[^`]+)`, after the line `(?P<anchor>[^`]+)`, insert:$"), "after"),
+    (re.compile(r"^In `(?P<path>[^`]+)`, before the line `(?P<anchor>[^`]+)`, insert:$"), "before"),
+    (re.compile(r"^In `(?P<path>[^`]+)`, replace the line `(?P<anchor>[^`]+)` with:$"), "replace"),
+    (re.compile(r"^At the end of `(?P<path>[^`]+)`, append:$"), "append"),
+    (re.compile(r"^Create `(?P<path>[^`]+)`:$"), "create"),
+]
+RECIPES = ("A network", "A perturbation", "A pre-training task", "A new experiment family")
 
 
-''',
-)
-NETWORK_ENTRY = (
-    "pipeline_scripts/earlyphase/models.py",
-    "}\nKNOWN: dict",
-    """    "mlp{W}": _Family(rf"mlp{_NUM}", _mlp, "toy perceptron of width W", prune_output=True),
-""",
-)
-PERTURBATION = (
-    "pipeline_scripts/earlyphase/perturb.py",
-    "REGISTRY: dict[str, Callable",
-    '''def sign_flip(sources: Sources, generator: torch.Generator, *, fraction: float) -> dict:
-    """w_k with the signs of a random ``fraction`` of the kept weights flipped."""
-    out = {}
-    for name, mask in sources.mask.items():
-        w = sources.weights_k[name].detach()
-        flip = torch.rand(w.shape, generator=generator, device=generator.device) < fraction
-        out[name] = torch.where(flip.to(w.device), -w, w) * mask
+@dataclass(frozen=True)
+class Step:
+    line: int  # the sentence's line number on the page
+    section: str  # the "## " heading it is under
+    op: str
+    path: str
+    anchor: str | None
+    text: str  # the code block, exactly
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # line number of the opening fence
+    info: str  # the fence's language
+    text: str
+    before: str  # the last non-blank line above the fence
+    section: str
+
+
+def fenced_blocks(text: str) -> list[Block]:
+    """Every fenced code block of a Markdown page, with the sentence that introduces it."""
+    blocks, lines, i, section, before = [], text.splitlines(), 0, "", ""
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            start, body = i, []
+            i += 1
+            while i < len(lines) and lines[i] != "```":
+                body.append(lines[i])
+                i += 1
+            assert i < len(lines), f"unclosed code block at line {start + 1}"
+            blocks.append(
+                Block(start + 1, line[3:].strip(), "\n".join(body) + "\n", before, section)
+            )
+            before = ""
+        elif line.startswith("## "):
+            section, before = line[3:].strip(), ""
+        elif line.strip():
+            before = line
+        i += 1
+    return blocks
+
+
+def step_of(sentence: str) -> tuple[str, str, str | None] | None:
+    for form, op in STEP_FORMS:
+        m = form.match(sentence)
+        if m:
+            return op, m["path"], m.groupdict().get("anchor")
+    return None
+
+
+def recipe_steps(text: str) -> list[Step]:
+    """The page's steps, in order. Every block that is not a shell block must be a step's, and
+    every step sentence must introduce a block."""
+    steps = []
+    for b in fenced_blocks(text):
+        parsed = step_of(b.before)
+        if b.info == "bash":
+            assert parsed is None, f"line {b.line}: a step's block must not be a shell block"
+            continue
+        assert parsed, f"line {b.line}: a code block without a step sentence above it"
+        steps.append(Step(b.line, b.section, *parsed, b.text))
+    sentences = [s for s in text.splitlines() if step_of(s)]
+    assert len(sentences) == len(steps), "a step sentence is not followed by its code block"
+    return steps
+
+
+def commands(text: str) -> list[str]:
+    """The page's shell commands (backslash continuations joined, comments dropped)."""
+    out = []
+    for b in fenced_blocks(text):
+        if b.info != "bash":
+            continue
+        for line in b.text.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.append(line.strip())
     return out
 
 
-''',
-)
-TASK = (
-    "pipeline_scripts/earlyphase/tasks.py",
-    "REGISTRY: dict[str, Task]",
-    '''def invert(x, y, generator):
-    """Photographic negatives, true labels."""
-    return 255 - x, y
+def _bare(line: str) -> str:
+    """A line without its indentation and a trailing comment (how a step names its anchor)."""
+    return re.sub(r"\s+#.*$", "", line.strip())
 
 
-''',
-)
-# A new experiment family, step by step (README "A new experiment family"): config key + schema,
-# functions-only rules/common_<family>.smk, rules-only rules/<family>.smk, both included, targets
-# in all_targets(), training through train_job.py with a params.job dict, GPU resources, costed.
-FAMILY_CONFIG = """
-halflr:                 # the recipe's toy family: dense runs at a fraction of the learning rate
-  factor: 0.5
-"""
-FAMILY_SCHEMA = """  halflr:
-    type: object
-    additionalProperties: false
-    default: {}
-    description: "toy family: dense runs at a fraction of the learning rate"
-    properties:
-      factor: {type: number, exclusiveMinimum: 0, default: 0.5, description: "lr factor"}
-"""
-FAMILY_COMMON = """# The toy family's params and targets (functions only).
-HALFLR = config["halflr"]
+def apply(root: Path, step: Step) -> None:
+    where = f"docs/extending.md line {step.line} ({step.section})"
+    path = root / step.path
+    if step.op == "create":
+        assert not path.exists(), f"{where}: {step.path} exists already"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(step.text)
+        return
+    assert path.is_file(), f"{where}: there is no {step.path}"
+    source = path.read_text()
+    if step.op == "append":
+        path.write_text(source + ("" if source.endswith("\n") else "\n") + step.text)
+        return
+    lines = source.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if step.anchor in (line.strip(), _bare(line))]
+    assert len(hits) == 1, (
+        f"{where}: the line {step.anchor!r} occurs {len(hits)} times in {step.path}, not once"
+    )
+    i, new = hits[0], step.text.splitlines(keepends=True)
+    if step.op == "after":
+        lines[i + 1 : i + 1] = new
+    elif step.op == "before":
+        lines[i:i] = new
+    else:  # replace
+        lines[i : i + 1] = new
+    path.write_text("".join(lines))
 
 
-def halflr_job(wildcards):
-    job = _job(wildcards, attrs={"experiment": "halflr"})
-    job["hparams"] = {**job["hparams"], "lr": job["hparams"]["lr"] * HALFLR["factor"]}
-    return job
+def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A page's command as a user types it, with this interpreter's environment first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
-def halflr_targets():
-    return expand("results/{net}/seed{seed}/halflr/metrics.h5", net=NETWORKS, seed=SEEDS)
-"""
-FAMILY_RULES = """# The toy family's rules.
-
-
-rule train_halflr:
-    input:
-        data=DATA_FILE,
-    output:
-        final="results/{net}/seed{seed}/halflr/final.pt",
-        metrics="results/{net}/seed{seed}/halflr/metrics.h5",
-    log:
-        "logs/{net}/seed{seed}/halflr/train.log",
-    threads: JOB_THREADS
-    resources:
-        **gpu_job_resources("train"),
-    params:
-        job=halflr_job,
-    script:
-        "../pipeline_scripts/train_job.py"
-"""
-CONFIG = """
-networks: [mlp32]
-seeds: [1]
-data: {source: synthetic, synthetic: {n_train: 256, n_test: 64}}
-training: {defaults: {batch_size: 64, epochs: 2, milestones: [1]}, per_network: {}}
-evaluation: {every_epochs: 1}
-dense: {checkpoint_iterations: [0, 4]}
-telemetry: {iterations: 8, points: 5}
-imp: {rewind_iterations: [4], levels: 1}
-perturb:
-  rewind_iterations: [4]
-  levels: [1]
-  figure8_level: 1
-  run: [flip_half]
-  variants: {flip_half: {kind: sign_flip, fraction: 0.5}}
-pretrain: {tasks: [invert], epochs: [1], reference_rewinds: [4], sparse: {kinds: []}}
-stability: {rewind_iterations: []}
-hessian: {iterations: []}
-runtime: {log_every: 4}
-"""
-
-
-def insert(root, spec):
-    path, anchor, text = spec
-    p = root / path
-    source = p.read_text()
-    assert anchor in source, f"the recipe's anchor {anchor!r} is gone from {path}"
-    p.write_text(source.replace(anchor, text + anchor, 1))
-
-
-def replace(root, path, old, new):
-    p = root / path
-    source = p.read_text()
-    assert old in source, f"{old!r} is gone from {path}"
-    p.write_text(source.replace(old, new, 1))
+def test_every_recipe_is_written_as_steps():
+    text = DOC.read_text()
+    steps = recipe_steps(text)
+    for recipe in RECIPES:
+        assert any(s.section == recipe for s in steps), f"no steps under '## {recipe}'"
+    assert any(c.startswith("snakemake ") for c in commands(text))
 
 
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory):
-    """A copy of the tracked files with the three recipes applied."""
+    """A copy of the tracked files with the page's steps applied."""
     root = tmp_path_factory.mktemp("repo")
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -153,80 +174,8 @@ def extended(tmp_path_factory):
         if (ROOT / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes((ROOT / name).read_bytes())
-    # a network: a builder and one registry entry
-    insert(root, NETWORK)
-    insert(root, NETWORK_ENTRY)
-    # a perturbation: a function, its REGISTRY and FAMILIES entries, the schema's enum
-    insert(root, PERTURBATION)
-    replace(
-        root,
-        "pipeline_scripts/earlyphase/perturb.py",
-        '    "noise": noise,\n}',
-        '    "noise": noise,\n    "sign_flip": sign_flip,\n}',
-    )
-    replace(
-        root,
-        "pipeline_scripts/earlyphase/perturb.py",
-        '    "noise": "noise",\n}',
-        '    "noise": "noise",\n    "sign_flip": "signs/magnitudes",\n}',
-    )
-    replace(
-        root,
-        "config.schema.yaml",
-        "shuffle_magnitudes_keep_signs, noise]",
-        "shuffle_magnitudes_keep_signs, noise, sign_flip]",
-    )
-    # a pre-training task: a batch function, one REGISTRY entry, the schema's enum
-    insert(root, TASK)
-    replace(
-        root,
-        "pipeline_scripts/earlyphase/tasks.py",
-        "REGISTRY: dict[str, Task] = {\n",
-        'REGISTRY: dict[str, Task] = {\n    "invert": Task("invert", None, None, invert, '
-        '"negatives"),\n',
-    )
-    replace(
-        root,
-        "config.schema.yaml",
-        "items: {enum: [supervised, random_labels,",
-        "items: {enum: [invert, supervised, random_labels,",
-    )
-    replace(
-        root,
-        "config.schema.yaml",
-        "task: {enum: [random_labels,",
-        "task: {enum: [invert, random_labels,",
-    )
-    # a new experiment family
-    (root / "config.yaml").write_text((root / "config.yaml").read_text() + FAMILY_CONFIG)
-    replace(root, "config.schema.yaml", "  runtime:\n", FAMILY_SCHEMA + "  runtime:\n")
-    (root / "rules/common_halflr.smk").write_text(FAMILY_COMMON)
-    (root / "rules/halflr.smk").write_text(FAMILY_RULES)
-    replace(
-        root,
-        "Snakefile",
-        'include: "rules/targets.smk"\n',
-        'include: "rules/common_halflr.smk"\ninclude: "rules/targets.smk"\n',
-    )
-    replace(
-        root,
-        "Snakefile",
-        'include: "rules/summaries.smk"\n',
-        'include: "rules/halflr.smk"\ninclude: "rules/summaries.smk"\n',
-    )
-    replace(
-        root,
-        "rules/targets.smk",
-        "    targets += stability_targets() + sharpness_targets()",
-        "    targets += halflr_targets()\n    targets += stability_targets() + sharpness_targets()",
-    )
-    replace(
-        root,
-        "pipeline_scripts/tools/cost.py",
-        '    "dense": "train_dense",\n',
-        '    "dense": "train_dense",\n    "halflr": "train_halflr",\n',
-    )
-    (root / "recipe.yaml").write_text(CONFIG)
+    for step in recipe_steps(DOC.read_text()):
+        apply(root, step)
     return root
 
 
@@ -250,48 +199,27 @@ def test_the_registries_and_the_schema_still_agree(extended):
 
 @pytest.mark.slow
 def test_recipes_plan_and_run(extended):
-    out = extended / "run"
-    targets = [
-        "results/mlp32/seed1/imp/rewind4/level1/metrics.h5",
-        "results/mlp32/seed1/perturb/rewind4/level1/flip_half/metrics.h5",
-        "results/mlp32/seed1/pretrain/invert/e1/state.pt",
-        "results/mlp32/seed1/halflr/metrics.h5",
-    ]
-    cmd = [
-        *SNAKEMAKE,
-        *targets,
-        "--snakefile",
-        str(extended / "Snakefile"),
-        "--configfile",
-        str(extended / "config.yaml"),
-        str(extended / "recipe.yaml"),
-        "--directory",
-        str(out),
-        "--cores",
-        "2",
-    ]
-    proc = subprocess.run(cmd, cwd=extended, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with h5py.File(out / targets[1]) as f:
+    done = []
+    for command in commands(DOC.read_text()):
+        proc = run(command, extended)
+        assert proc.returncode == 0, command + "\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+        done.append((command, proc))
+    args = shlex.split(next(c for c, _ in done if c.startswith("snakemake ")))
+    out = extended / args[args.index("--directory") + 1]
+    branch = out / "results/mlp32/seed1/perturb/rewind4/level1/flip_half/metrics.h5"
+    with h5py.File(branch) as f:
         assert f.attrs["network"] == "mlp32"
         assert f.attrs["perturbation_family"] == "signs/magnitudes"
         assert '"sign_flip"' in f.attrs["perturbation"] and f.attrs["effective_std"] > 0
-    with h5py.File(out / targets[0]) as f:
+    with h5py.File(out / "results/mlp32/seed1/imp/rewind4/level1/metrics.h5") as f:
         assert f.attrs["weights_remaining_fraction"] == pytest.approx(0.8, abs=1e-2)
-    assert (out / targets[2]).is_file()
+    assert (out / "results/mlp32/seed1/pretrain/invert/e1/state.pt").is_file()
     log = (out / "logs/mlp32/seed1/pretrain/invert/e1/train.log").read_text()
     assert re.search(r"done: mlp32 seed 1", log)
     # the new family: trained at half the learning rate, and costed from the planned DAG
     dense = out / "results/mlp32/seed1/dense/metrics.h5"
-    with h5py.File(out / targets[3]) as f, h5py.File(dense) as d:
+    with h5py.File(out / "results/mlp32/seed1/halflr/metrics.h5") as f, h5py.File(dense) as d:
         assert f.attrs["experiment"] == "halflr"
         assert json.loads(f.attrs["hparams"])["lr"] == json.loads(d.attrs["hparams"])["lr"] / 2
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline_scripts.tools.cost", "--config", "recipe.yaml"],
-        cwd=extended,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"^halflr\s+train_halflr\s+1\s", proc.stdout, re.M), proc.stdout
+    cost = next(p for c, p in done if "pipeline_scripts.tools.cost" in c)
+    assert re.search(r"^halflr\s+train_halflr\s+1\s", cost.stdout, re.M), cost.stdout
