@@ -1,5 +1,5 @@
 # The Early Phase of Neural Network Training (Frankle, Schwab & Morcos, ICLR 2020), from raw data
-# to every figure. The Snakefile only wires stages together; see README.md.
+# to every figure. The Snakefile only wires stages together; see README.md and docs/architecture.md.
 #
 # Output path scheme (logs/ and benchmarks/ mirror results/):
 #   results/data/cifar10.h5                                   the data set, prepared once

@@ -27,7 +27,7 @@ vmapped runs match separately trained runs to float tolerance over the first ste
 test_multirun.py; the kernels differ, so not bit for bit, and over a whole schedule those tiny
 differences grow as between any two devices: compare full runs by accuracy, not weights).
 
-Throughput (``python -m pipeline_scripts.tools.bench --multirun resnet20``; README, Performance).
+Throughput (``python -m pipeline_scripts.tools.bench --multirun resnet20``; docs/performance.md).
 On the 2-core CPU neither N > 1 method beats N runs one after another: ResNet-20 at batch 128
 already keeps both cores busy in large oneDNN kernels, and a grouped convolution (or vmap's
 batching rule, which also becomes a grouped convolution, in NCHW) runs at a lower FLOP rate than

@@ -82,9 +82,10 @@ RULE_OF = {
     "hessian": "hessian",
 }
 # One Hessian-vector product (forward, backward with create_graph, double backward) over a batch,
-# in training steps of that batch: 5.4, measured on this 2-core CPU for ResNet-20 at batch 128 (one
-# thread, median of 5, NCHW; README "Beyond the paper"); unmeasured on GPUs. The Hessian jobs'
-# images are costed at the training rate times this.
+# in training steps of that batch: 5.4, timed by hand for ResNet-20 at batch 128 (one thread,
+# median of 5, NCHW) on the 2-core AVX-512 CPU of docs/performance.md, 2026-11-23 (commit a6ec493);
+# no benchmark reproduces it yet, and it is unmeasured on GPUs. The Hessian jobs' images are
+# costed at the training rate times this.
 HVP_STEPS = 5.4
 MEASUREMENT_FAMILIES = ("interpolate", "hessian")  # costed, but not training jobs
 # The family of each rule's runs (train_imp_level's imp_pretrained is told by its source).
