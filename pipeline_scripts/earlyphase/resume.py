@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-RESUME_FORMAT = "earlyphase-resume/2"  # /2: one state per run of the batch
+RESUME_FORMAT = "earlyphase-resume/3"  # /2: one state per run of the batch; /3: sgd.SGD state
 
 
 @contextlib.contextmanager

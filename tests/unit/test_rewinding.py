@@ -79,7 +79,7 @@ def test_learning_rate_at_each_step_is_the_dense_runs_at_that_absolute_step(
     real_step = train.masked_step
 
     def recording_step(optimizer, mparams, mmasks):
-        lrs.append(optimizer.param_groups[0]["lr"])
+        lrs.append(optimizer.lr)
         real_step(optimizer, mparams, mmasks)
 
     monkeypatch.setattr(train, "masked_step", recording_step)
