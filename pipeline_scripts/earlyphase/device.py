@@ -133,6 +133,23 @@ def check_compiler(dev: torch.device, *, compile: bool, cuda_graphs: bool) -> No
         )
 
 
+def pin_cpu_vector_isa() -> None:
+    """Before ``torch.compile``: set Inductor's ``cpp.simdlen`` to the vector width it would pick
+    anyway, so the width is part of the FX graph cache's key. Inductor picks its CPU vector ISA
+    from the CPU and ``ATEN_CPU_CAPABILITY``, but the key holds only its config: a graph compiled
+    for AVX-512 is otherwise reused by an AVX2 process sharing the cache directory (a capped run,
+    a node of another CPU model on a shared ``TORCHINDUCTOR_CACHE_DIR``), which then computes
+    garbage or corrupts the heap (PyTorch 2.14.1; tests/unit/test_compile.py). Picks the same ISA
+    as before; idempotent; a user's own ``simdlen`` is kept."""
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if config.cpp.simdlen is None:
+        isa = pick_vec_isa()
+        if isa:  # a CPU without a vector ISA Inductor supports: nothing to pin
+            config.cpp.simdlen = isa.bit_width()
+
+
 # x86 instruction sets the CPU kernels can be capped to, for a process started with these
 # environment variables: oneDNN (convolutions), ATen (elementwise kernels), MKL (matmuls).
 # "native" = whatever the CPU has. Used by tools/cpu_check.py and tools/bench.py --isa.

@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import augment, layout
+from . import device as devices
 from .hparams import TrainingHparams
 
 METHODS = ("grouped", "vmap")  # how N > 1 runs are batched (runtime.multirun_method)
@@ -76,6 +77,7 @@ def masked_parameters(model: nn.Module, mask: dict | None):
 def _compiled(module: nn.Module, mode: str | None):
     # dynamic=False: the partial last batch of an epoch gets a graph of its own instead of turning
     # every graph dynamic (and, with reduce-overhead, a CUDA graph per batch shape).
+    devices.pin_cpu_vector_isa()
     return torch.compile(module, mode=mode, dynamic=False)
 
 
@@ -321,6 +323,7 @@ class Vmapped:
             # The stacked parameters and BatchNorm buffers are inputs, not module state, so
             # CUDA graphs would be skipped ("mutated inputs"): refused (config_check, train).
             raise ValueError("CUDA graphs cannot capture vmapped runs (runtime.multirun_method)")
+        devices.pin_cpu_vector_isa()
         self._forward = torch.compile(self._forward, mode=mode, dynamic=False)
 
     def load(self, states: Sequence[dict]) -> None:

@@ -151,13 +151,21 @@ def dag(configfiles: list[str | Path], targets: tuple[str, ...] = ()) -> list[tu
     Snakefile's config.yaml) and ``targets`` (default: the default target), as (rule, wildcards),
     read from a dry run in a scratch directory. The paper's DAG takes about a minute to plan."""
     with tempfile.TemporaryDirectory(prefix="cost-dag-") as scratch:
-        cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", scratch]
-        cmd += ["--snakefile", str(ROOT / "Snakefile"), *targets]
-        cmd += ["--configfile", *(str(Path(c).resolve()) for c in configfiles)]
+        cmd = dag_command(configfiles, scratch, targets)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"snakemake -n failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return parse_dry_run(proc.stdout)
+
+
+def dag_command(
+    configfiles: list[str | Path], directory: str | Path, targets: tuple[str, ...] = ()
+) -> list[str]:
+    """The dry run ``dag`` reads (run it from the repository root; ``parse_dry_run`` reads its
+    standard output)."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(directory)]
+    cmd += ["--snakefile", str(ROOT / "Snakefile"), *targets]
+    return cmd + ["--configfile", *(str(Path(c).resolve()) for c in configfiles)]
 
 
 def parse_dry_run(text: str) -> list[tuple[str, dict]]:

@@ -30,7 +30,7 @@ def dataset(tmp_path_factory):
 
 
 def _train(dataset, workdir, seeds=(1,), **opts):
-    device.configure(2)
+    device.configure(1)  # the suite's one thread per worker (tests/conftest.py)
     runs = []
     for s in seeds:
         m = models.build(NET)
@@ -74,3 +74,35 @@ def test_cuda_graph_path_up_to_the_cuda_only_call(dataset, tmp_path, monkeypatch
     assert counters["inductor"]["cudagraph_skips"] >= 1  # the CUDA-only step, skipped on a CPU
     for g, e in zip(graphs, eager, strict=True):
         assert _distance(g, e) < TOL
+
+
+def test_compiled_graphs_are_cached_per_vector_isa(monkeypatch):
+    """Inductor's FX graph cache keys on its config, not on the vector ISA it picks from the CPU
+    and ATEN_CPU_CAPABILITY: an AVX2 process sharing a cache directory with an AVX-512 one reused
+    its graphs and computed garbage (loss 4e10 for 2.48). The compile path pins ``cpp.simdlen``
+    to the width Inductor picks, which puts the width into the key and picks the same ISA."""
+    import os
+    import subprocess
+    import sys
+
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa, valid_vec_isa_list
+
+    if not any(i.bit_width() == 256 for i in valid_vec_isa_list()):
+        pytest.skip("needs an x86 CPU with AVX2")
+    monkeypatch.setattr(config.cpp, "simdlen", None)
+    before = pick_vec_isa()
+    device.pin_cpu_vector_isa()
+    assert config.cpp.simdlen == before.bit_width() and pick_vec_isa() == before
+    code = (
+        "from torch._inductor import config; from pipeline_scripts.earlyphase import device; "
+        "device.pin_cpu_vector_isa(); print(config.cpp.simdlen)"
+    )
+    capped = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **device.ISA_ENV["avx2"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert capped.stdout.split()[-1] == "256"  # AVX2's width: another key than AVX-512's 512

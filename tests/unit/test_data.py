@@ -477,3 +477,18 @@ def test_n_train_beyond_an_image_folder_fails_the_planning(tmp_path, tree, monke
     config_check._image_folder_exists(moved)
     with pytest.raises(config_check.ConfigError, match="data.path: .* does not exist"):
         config_check._image_folder_exists({"source": "imagefolder", "path": str(tmp_path / "x")})
+
+
+def test_the_planning_cache_is_the_users_and_falls_back_to_the_run_directory(tmp_path, monkeypatch):
+    """config_check.cache_dir: $EARLYPHASE_CACHE_DIR, else $XDG_CACHE_HOME/earlyphase-pipeline,
+    else the run directory's .snakemake where neither can be written."""
+    from pipeline_scripts.earlyphase import config_check
+
+    monkeypatch.setenv("EARLYPHASE_CACHE_DIR", str(tmp_path / "mine"))
+    assert config_check.cache_dir() == tmp_path / "mine" and (tmp_path / "mine").is_dir()
+    monkeypatch.delenv("EARLYPHASE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert config_check.cache_dir() == tmp_path / "xdg" / "earlyphase-pipeline"
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("EARLYPHASE_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    assert config_check.cache_dir() == Path(".snakemake")

@@ -42,7 +42,8 @@ def test_parameter_counts_exact_and_match_table_a1(name):
 
 
 def test_resnet18_is_torchvision_resnet18():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
+
     ours, theirs = models.build("resnet18"), torchvision.models.resnet18(num_classes=10)
     ours.load_state_dict(theirs.state_dict(), strict=True)  # same names and shapes
     ours.eval()

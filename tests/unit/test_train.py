@@ -199,13 +199,13 @@ def test_sgd_is_torchs_fused_sgd_bit_for_bit_and_imports_no_dynamo():
     import subprocess
     import sys
 
-    from pipeline_scripts.earlyphase import models, rng, train
+    from pipeline_scripts.earlyphase import layout, models, rng, train
     from pipeline_scripts.earlyphase.hparams import TrainingHparams
 
     hp = TrainingHparams()
     nets = []
     for _ in range(3):
-        m = models.build("resnet8_w4").to(memory_format=torch.channels_last)
+        m = layout.apply(models.build("resnet8_w4"), "cpu")  # channels_last, the layout rule
         models.initialise(m, rng.generator(3, "init"))
         nets.append(m)
     frozen = "fc.bias"  # no gradient in any step: no momentum buffer, not updated

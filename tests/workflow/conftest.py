@@ -1,40 +1,40 @@
 """Fixtures shared by the workflow tests."""
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import CompletedProcess
 
 import pytest
-from test_workflow import smk
+from support import SHARED, image_folder
 
 
 @dataclass(frozen=True)
 class SmokeRun:
     out: Path  # the run's --directory
     proc: CompletedProcess
-    seconds: float  # wall time of the undisturbed run
-
-
-def image_folder(root: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> Path:
-    """A CIFAR-10-shaped image folder (train/<class>/*.png, test/<class>/*.png, 32x32, 10
-    classes) of random pictures: what a user gives with `make laptop DATA=...`."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            folder = root / split / f"class{i % 10}"
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="session")
-def smoke_data(tmp_path_factory) -> Path:
-    return image_folder(tmp_path_factory.mktemp("smoke-data"))
+def smoke_session(smoke_data_dir) -> SmokeRun:
+    """One undisturbed run of the smoke preset for the whole session of pytest, made in the
+    background with an explicit data choice (tests/conftest.py: ``SHARED``). Read-only: a test
+    that changes files (or Snakemake's metadata) works on a copy (test_incremental.copy_run)."""
+    proc, _ = SHARED["smoke_session"].result()
+    if proc.returncode:
+        raise AssertionError(f"the smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return SmokeRun(Path(proc.args[proc.args.index("--directory") + 1]), proc)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(smoke_session, smoke_data_dir) -> Path:
+    """The image folder the session's smoke run was made with."""
+    return smoke_data_dir
+
+
+@pytest.fixture(scope="session")
+def laptop_data(tmp_path_factory) -> Path:
+    """As many images as the laptop preset's data.n_train / n_test (the planning counts them)."""
+    return image_folder(tmp_path_factory.mktemp("laptop-data"), n_train=5000, n_test=1000)
 
 
 @pytest.fixture(scope="session")
@@ -42,22 +42,6 @@ def smoke_data_config(smoke_data) -> tuple[str, str]:
     """The session run's data choice, for a test that starts a fresh run directory to compare
     with it (on the session run or a copy, no command needs it)."""
     return ("--config", f'data={{"source": "imagefolder", "path": "{smoke_data}"}}')
-
-
-@pytest.fixture(scope="session")
-def smoke_session(tmp_path_factory, smoke_data) -> SmokeRun:
-    """One undisturbed run of the smoke preset for the whole session, made with an explicit data
-    choice (an image folder instead of the preset's generated data) as a user's first command
-    would: every later command of the tests on it names no data, so they all rely on the run
-    directory keeping its data. Read-only: a test that changes files (or Snakemake's metadata)
-    works on a copy (test_incremental.copy_run)."""
-    out = tmp_path_factory.mktemp("smoke-session")
-    started = time.monotonic()
-    data = f'data={{"source": "imagefolder", "path": "{smoke_data}"}}'
-    proc = smk(
-        "--profile", "profiles/smoke", "--directory", str(out), "--config", data
-    )  # as a user
-    return SmokeRun(out, proc, time.monotonic() - started)
 
 
 @pytest.fixture(scope="session")

@@ -139,12 +139,13 @@ MALFORMED = [
 
 # One case per kind of check, through a real `snakemake -n` (each a Snakemake start: seconds).
 THROUGH_SNAKEMAKE = [
-    "seed_not_integer", "reference_rewinds_duplicate", "network_unknown",
-    "per_network_key_misspelt", "perturb_scope_misspelt", "perturb_param_misspelt",
-    "perturb_levels_empty", "figure8_level_not_run", "sparse_levels_empty", "epochs_collide",
-    "checkpoint_beyond_training", "imagefolder_without_path", "stability_rewind_not_imp",
-    "hessian_iteration_not_kept", "imagefolder_path_missing", "n_train_beyond_cifar10",
-    "milestone_at_training_end",
+    "seed_not_integer",  # schema, a --config value
+    "reference_rewinds_duplicate",  # schema, an overlay
+    "network_unknown", "per_network_key_misspelt", "perturb_param_misspelt",  # registries
+    "perturb_levels_empty", "figure8_level_not_run",  # empty figures
+    "epochs_collide",  # path spellings
+    "checkpoint_beyond_training", "stability_rewind_not_imp",  # kept states, training length
+    "imagefolder_path_missing", "n_train_beyond_cifar10", "milestone_at_training_end",  # data, lr
 ]  # fmt: skip
 CASES = {case[0]: case[1:] for case in MALFORMED}
 
@@ -163,8 +164,8 @@ def plan_checks(overlays=(), config_args=()):
     return config
 
 
-def test_enough_malformed_configs():
-    assert len(CASES) == len(MALFORMED) >= 30  # ids are unique
+def test_case_ids_are_unique_and_the_snakemake_subset_exists():
+    assert len(CASES) == len(MALFORMED)
     assert set(THROUGH_SNAKEMAKE) <= set(CASES)
 
 
@@ -191,11 +192,10 @@ def test_registry_checks_in_a_child_process_and_their_cache(tmp_path):
     assert len(list((tmp_path / "earlyphase-config-check").iterdir())) == 1
     bad = plan_checks()
     bad["networks"] = ["resnet999"]
-    for _ in range(2):  # not cached
-        with pytest.raises(config_check.ConfigError, match="6n\\+2") as err:
-            config_check.check(bad, cache_dir=tmp_path, isolate=True)
-        assert err.value.key == "networks"
-    assert len(list((tmp_path / "earlyphase-config-check").iterdir())) == 1
+    with pytest.raises(config_check.ConfigError, match="6n\\+2") as err:
+        config_check.check(bad, cache_dir=tmp_path, isolate=True)
+    assert err.value.key == "networks"
+    assert len(list((tmp_path / "earlyphase-config-check").iterdir())) == 1  # not remembered
 
 
 @pytest.mark.parametrize("case", THROUGH_SNAKEMAKE)

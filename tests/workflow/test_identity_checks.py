@@ -1,27 +1,26 @@
-"""The issue-13 reproductions end to end, on a slice of the smoke preset (one IMP summary):
-a metrics file copied over another seed's, and a data file damaged in place with its mtime kept.
-Before, both built their targets with exit code 0."""
+"""Two mistakes that used to build their targets with exit code 0, end to end on a copy of the
+smoke run: a metrics file copied over another seed's, and a data file damaged in place with its
+modification time kept."""
 
 import os
 import shutil
 
 import h5py
 import pytest
+from test_incremental import copy_run
 from test_workflow import smk
 
 NET = "resnet8_w4"
 SUMMARY = f"results/{NET}/summary/imp.h5"
 
 
-@pytest.fixture(scope="module")
-def imp_slice(tmp_path_factory):
-    out = tmp_path_factory.mktemp("imp-slice")
-    base = ("--profile", "profiles/smoke", "--directory", str(out))
-    smk(SUMMARY, *base)
-    return out, base
+@pytest.fixture
+def imp_slice(smoke_session, tmp_path):
+    """A copy of the session's smoke run (the tests damage it) and the command line on it."""
+    out = copy_run(smoke_session.out, tmp_path / "run")
+    return out, ("--profile", "profiles/smoke", "--directory", str(out))
 
 
-@pytest.mark.slow
 def test_summary_refuses_a_metrics_file_copied_from_another_seed(imp_slice):
     out, base = imp_slice
     level = f"results/{NET}/seed{{}}/imp/rewind4/level2/metrics.h5"
@@ -34,7 +33,6 @@ def test_summary_refuses_a_metrics_file_copied_from_another_seed(imp_slice):
     assert "records seed 2 (expected 1)" in log and "series 'rewind4' level 2 seed 1" in log
 
 
-@pytest.mark.slow
 def test_training_refuses_a_data_file_damaged_in_place(imp_slice):
     out, base = imp_slice
     data = out / "results/data/cifar10.h5"

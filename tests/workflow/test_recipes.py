@@ -197,7 +197,6 @@ def test_the_registries_and_the_schema_still_agree(extended):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
 def test_recipes_plan_and_run(extended):
     done = []
     for command in commands(DOC.read_text()):

@@ -49,7 +49,6 @@ def smoke_report(smoke_run, tmp_path_factory):
     return out, report.read_text(encoding="utf-8")
 
 
-@pytest.mark.slow
 def test_report_is_one_self_contained_file(smoke_report):
     _, page = smoke_report
     assert len(page) > 500_000  # the figures are embedded
@@ -60,7 +59,6 @@ def test_report_is_one_self_contained_file(smoke_report):
         assert item["data_uri"].startswith("data:"), path
 
 
-@pytest.mark.slow
 def test_report_has_every_figure_with_its_caption(smoke_report):
     _, page = smoke_report
     results = _js_value(page, "results")
@@ -77,7 +75,6 @@ def test_report_has_every_figure_with_its_caption(smoke_report):
     assert "Claims table" in categories and "Figure 1 / A2: IMP with rewinding" in categories
 
 
-@pytest.mark.slow
 def test_report_states_the_config_and_run_statistics(smoke_report):
     _, page = smoke_report
     desc = html.unescape(_js_value(page, "workflow_desc"))
@@ -92,7 +89,6 @@ def test_report_states_the_config_and_run_statistics(smoke_report):
         assert rule in runtimes
 
 
-@pytest.mark.slow
 def test_claims_outputs_and_their_table_in_the_report(smoke_report):
     out, page = smoke_report
     res = out / "results" / "claims"
@@ -102,7 +98,7 @@ def test_claims_outputs_and_their_table_in_the_report(smoke_report):
     assert len(tsv) == len(rows) + 1 and tsv[0].split("\t") == claims.COLUMNS
     verdicts = {r["id"]: r["verdict"] for r in rows}
     # the smoke preset runs every experiment at toy scale: nothing is "not run" but the networks
-    # it does not train, and nothing is comparable to the paper
+    # and pre-training tasks it does not train, and nothing is comparable to the paper
     assert verdicts[f"tableA1_{NET}"] == claims.NOT_COMPARABLE
     assert verdicts["tableA1_resnet20"] == claims.NOT_RUN
     assert claims.REPRODUCED not in verdicts.values()
@@ -112,10 +108,11 @@ def test_claims_outputs_and_their_table_in_the_report(smoke_report):
         "figure8_p_k2000",
         "timeline_grad_min",
         "effective_std_shuffle_layer",
-        "pretrain_rotation_e40",
+        "pretrain_blur_rotation",
         "sparse_pretrain_imp_hurts",
     ):
         assert verdicts[cid] == claims.NOT_COMPARABLE, cid
+    assert verdicts["pretrain_rotation_e40"] == claims.NOT_RUN  # rotation is no smoke task
 
     item = _js_value(page, "results")["results/claims/claims.html"]
     embedded = base64.b64decode(item["data_uri"].split("base64,", 1)[1]).decode()
@@ -125,13 +122,13 @@ def test_claims_outputs_and_their_table_in_the_report(smoke_report):
         assert f"<td>{cid}</td>" in embedded
 
 
-@pytest.mark.slow
 def test_the_report_names_the_data_the_run_was_made_with(smoke_report, smoke_data):
     """The session's run was made with `--config data=<image folder>`; the report command,
     as the README writes it (no data choice), describes that data, not the preset's."""
     _, page = smoke_report
     text = html.unescape(page)
-    assert f"Data: imagefolder ({smoke_data})" in text
+    said = re.findall(r"Data: [^,<]*", text)
+    assert f"Data: imagefolder ({smoke_data})" in said, said or text[-3000:]
     assert '"source": "imagefolder"' in text and "Data: synthetic" not in text
 
 

@@ -13,11 +13,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import pytest
+from support import SHARED, SharedRun
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT, PARTITION = "earlyphase", "debug"  # what tests/slurm/cluster.sh sets up
@@ -98,17 +98,20 @@ def test_cluster_gives_a_gpu_job_its_own_device(cluster):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("slurm")
-    (out / "overlay.yaml").write_text(OVERLAY)
+def _slurm_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EARLYPHASE_SLURM_")}
     env.update(
         EARLYPHASE_SLURM_ACCOUNT=ACCOUNT,  # the user's settings, as the README documents them
         EARLYPHASE_SLURM_PARTITION=PARTITION,
         EARLYPHASE_SLURM_TRAIN_THREADS="1",  # the test node has 2 CPUs
     )
-    cmd = [
+    return env
+
+
+def _slurm_command(base: Path) -> list[str]:
+    out = base / "slurm"
+    sacct = _run("sacct", "-n", "-X").returncode == 0
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -119,17 +122,31 @@ def slurm_run(cluster, tmp_path_factory):
         "--configfile",
         str(ROOT / "config.yaml"),
         str(ROOT / "config/smoke.yaml"),
-        str(out / "overlay.yaml"),
+        str(base / "slurm-overlay.yaml"),
         "--retries",
         "0",  # a failure shows at once
         "--slurm-init-seconds-before-status-checks",
         "5",  # the test's jobs take seconds
         "--slurm-keep-successful-logs",  # keep .snakemake/slurm_logs for the assertions
-        *([] if cluster["sacct"] else ["--slurm-status-command", "squeue"]),
+        *([] if sacct else ["--slurm-status-command", "squeue"]),
         *TARGETS,
     ]
-    started = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+# Started in the background when the suite is collected (tests/conftest.py): the run mostly waits
+# for SLURM, so the workers run other tests meanwhile.
+SHARED["slurm_run"] = SharedRun(
+    "slurm",
+    _slurm_command,
+    prepare=lambda base: (base / "slurm-overlay.yaml").write_text(OVERLAY),
+    env=_slurm_env,
+    when=lambda: _cluster_problem() is None,
+)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster):
+    proc, seconds = SHARED["slurm_run"].result()
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake --profile profiles/slurm failed:\n{log}"
     # "Job 3 has been submitted with SLURM jobid 17 (log: .../slurm_logs/rule_train_dense/...)."
@@ -138,7 +155,8 @@ def slurm_run(cluster, tmp_path_factory):
         # rule_<rule>/<wildcards>/<id>.log, or group_<group id>_<its rules>/<id>.log
         kind, name = re.search(r"/(rule|group)_(\w+)/", m[2]).groups()
         submitted[int(m[1])] = name if kind == "rule" else name.split("_")[0]
-    return {"dir": out, "log": log, "submitted": submitted, "seconds": time.time() - started}
+    out = Path(proc.args[proc.args.index("--directory") + 1])
+    return {"dir": out, "log": log, "submitted": submitted, "seconds": seconds}
 
 
 def _accounting(job_ids) -> dict[int, dict[str, str]]:
@@ -159,7 +177,6 @@ def _scontrol(job_id) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
 
 
-@pytest.mark.slow
 def test_every_job_went_through_sbatch(slurm_run):
     by_name = sorted(slurm_run["submitted"].values())
     # Training jobs each on their own; short CPU jobs bundled into the profile's two groups.
@@ -180,7 +197,6 @@ def test_every_job_went_through_sbatch(slurm_run):
     assert not re.search(r"localrule (?!all\b)", slurm_run["log"]), slurm_run["log"]
 
 
-@pytest.mark.slow
 def test_accounting_shows_the_jobs_with_gpus_only_for_training(slurm_run, cluster):
     submitted = slurm_run["submitted"]
     if cluster["sacct"]:
@@ -203,7 +219,6 @@ def test_accounting_shows_the_jobs_with_gpus_only_for_training(slurm_run, cluste
             assert ("gpu" in job.get("TresPerJob", "")) == (name in TRAINING), (name, job)
 
 
-@pytest.mark.slow
 def test_outputs_are_complete(slurm_run):
     res = slurm_run["dir"] / "results"
     dense = res / "resnet8_w4" / "seed1" / "dense"

@@ -31,7 +31,6 @@ def job_counts(output: str) -> dict[str, int]:
 # smoke_run: one undisturbed smoke run for the whole session (tests/workflow/conftest.py).
 
 
-@pytest.mark.slow
 def test_smoke_preset_runs_the_whole_dag(smoke_run):
     out, _ = smoke_run
     res = out / "results"
@@ -75,10 +74,10 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
         assert f.attrs["effective_std"] > 0 and f.attrs["perturbation_family"] == "noise"
         assert f.attrs["start_iteration"] == 4
     # Pre-trained chains: level 0 trains the unpruned network from the pre-trained state
-    chain = res / "resnet8_w4" / "seed1" / "imp" / "pretrain" / "rotation" / "e1"
+    chain = res / "resnet8_w4" / "seed1" / "imp" / "pretrain" / "blur_rotation" / "e1"
     assert (chain / "level0" / "final.pt").is_file() and (chain / "level2" / "mask.pt").is_file()
     with h5py.File(chain / "level1" / "metrics.h5") as f:
-        assert f.attrs["init"].endswith("pretrain/rotation/e1/state.pt")
+        assert f.attrs["init"].endswith("pretrain/blur_rotation/e1/state.pt")
         assert f.attrs["start_iteration"] == 8  # 1 epoch of pre-training = the first 8 steps
     sparse = res / "resnet8_w4" / "seed1" / "sparse" / "rewind4" / "level2"
     for kind, start, first in (("random", "scratch", 4), ("random", "pretrained", 4 + 8)):
@@ -128,7 +127,6 @@ def _assert_beyond_the_paper(res):
         assert cid in rows
 
 
-@pytest.mark.slow
 def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
     out, _ = smoke_run
     assert (
@@ -158,7 +156,6 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
     assert set(counts) - {"total", "all"} == figures, counts
 
 
-@pytest.mark.slow
 def test_new_rewind_point_or_level_adds_only_new_jobs(smoke_run, tmp_path):
     out, _ = smoke_run
     overlay = tmp_path / "more.yaml"
@@ -170,22 +167,17 @@ def test_new_rewind_point_or_level_adds_only_new_jobs(smoke_run, tmp_path):
     )
     assert counts["train_imp_level"] == 2 * 2  # 2 seeds x 2 levels of the new chain
     assert "train_dense" not in counts and "train_perturbed" not in counts
-    # one more level: one new job per existing chain (2 seeds x (2 rewind + 4 pre-trained))
+    # one more level: one new job per existing chain (2 seeds x (2 rewind + 2 pre-trained))
     overlay.write_text("imp: {levels: 3}\n")
     counts = job_counts(
         smk(*base, "--configfile", "config.yaml", "config/smoke.yaml", str(overlay)).stdout
     )
-    assert counts["train_imp_level"] == 2 * (2 + 4)
+    assert counts["train_imp_level"] == 2 * (2 + 2)
     assert "train_dense" not in counts and "pretrain" not in counts
 
 
-def test_lint_is_clean():
-    proc = smk("--lint")
-    assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-
-
-def test_default_config_plans_the_paper_dag(tmp_path):
-    counts = job_counts(smk("-n", "--quiet", "rules", "--directory", str(tmp_path)).stdout)
+def test_default_config_plans_the_paper_dag(paper_job_counts):
+    counts = paper_job_counts  # `snakemake -n` on config.yaml, once for the suite (conftest.py)
     runs = 5 * 5  # networks x seeds
     assert counts["train_dense"] == runs
     pretrained_chains = 4 * 5  # tasks x durations
@@ -205,27 +197,6 @@ def test_default_config_plans_the_paper_dag(tmp_path):
     assert counts["figure_instability"] == counts["figure_sharpness"] == 5
 
 
-@pytest.mark.parametrize(
-    ("override", "needle"),
-    [
-        ("seeds=oops", "seeds"),
-        ("imp={'fraction': 1.5}", "fraction"),
-        ("runtime={'devcie': 'cpu'}", "devcie"),
-        ("imp:\n  rewind_iterations: [300]", "imp.rewind_iterations"),
-        ("data:\n  source: imagefolder", "data.path"),
-    ],
-)
-def test_bad_config_fails_naming_the_key(tmp_path, override, needle):
-    if "=" in override:
-        args = ["--config", override]
-    else:
-        (tmp_path / "overlay.yaml").write_text(override + "\n")
-        args = ["--configfile", str(ROOT / "config.yaml"), str(tmp_path / "overlay.yaml")]
-    proc = smk("-n", "--directory", str(tmp_path), *args, check=False)
-    assert proc.returncode != 0
-    assert needle in proc.stdout + proc.stderr
-
-
 def test_checked_in_rule_graph_is_current():
     """docs/rulegraph.dot (and .svg, drawn from it by `make rulegraph`) shows today's rules."""
     proc = smk("--profile", "profiles/smoke", "--rulegraph", "--quiet", "all")
@@ -236,7 +207,6 @@ def test_checked_in_rule_graph_is_current():
     )
 
 
-@pytest.mark.slow
 def test_runs_per_job_trains_seeds_together_with_the_same_outputs(
     smoke_run, smoke_data_config, tmp_path
 ):
@@ -259,7 +229,7 @@ def test_runs_per_job_trains_seeds_together_with_the_same_outputs(
         *smoke_data_config,  # the session run's data (a fresh directory has none recorded)
     ]
     counts = job_counts(smk(*args, "-n").stdout)
-    assert counts["train_imp_level_seeds1_2"] == 12 and "train_imp_level" not in counts
+    assert counts["train_imp_level_seeds1_2"] == (2 + 2) * 2 and "train_imp_level" not in counts
     assert counts["train_perturbed_seeds1_2"] == 4 and counts["train_dense"] == 2
     level = "imp/rewind4/level1"
     targets = [f"results/resnet8_w4/seed{s}/{level}/metrics.h5" for s in (1, 2)]
