@@ -93,7 +93,7 @@ def test_contended_windows_are_dropped_and_retimed(monkeypatch):
 
 
 def test_gpu_tool_grid_sizes_and_cost_on_the_cpu(tmp_path, capsys):
-    """tools.gpu (issue 12, item 7) runs end to end here (its figures mean nothing on a CPU):
+    """tools.gpu runs end to end here (its figures mean nothing on a CPU):
     one row per network x N x mode x precision, N one-run processes timed together, the job
     sizes derived from the rows, and a bench-compatible section cost.py projects hours from."""
     from pipeline_scripts.tools import gpu

@@ -1,4 +1,4 @@
-"""runtime.precision: fp32 / tf32 / bf16 as a setting (issue 12: numerics chosen by evidence, the
+"""runtime.precision: fp32 / tf32 / bf16 as a setting (numerics chosen by evidence, the
 paper's float32 by default). On this CPU tf32 is fp32; bf16 autocasts the forward passes."""
 
 import h5py

@@ -1,4 +1,4 @@
-"""Every config mistake that can be seen before a job runs stops planning, naming the key (issue 13).
+"""Every config mistake that can be seen before a job runs stops planning, naming the key.
 
 ``MALFORMED`` holds the malformed configs: each is an overlay merged over ``config.yaml`` (mappings
 merge, lists replace, as ``--configfile`` does) and/or ``--config`` arguments. All of them run
@@ -114,7 +114,7 @@ MALFORMED = [
     ("milestone_beyond_per_network",
      "training: {per_network: {vgg13: {batch_size: 64, milestones: [80, 200]}}}", [],
      "config key training.per_network.vgg13.milestones"),
-    # beyond the paper: instability analysis and sharpness (issue 14)
+    # beyond the paper: instability analysis and sharpness
     ("stability_rewind_not_kept", "stability: {rewind_iterations: [300]}", [],
      "config key stability.rewind_iterations"),
     ("stability_rewind_not_imp", "dense: {checkpoint_iterations: [0, 10, 30, 100, 250, 500, "

@@ -1,4 +1,4 @@
-"""Job sizing (issue 12, item 4): runs_per_job per network, and every GPU job's threads and
+"""Job sizing: runs_per_job per network, and every GPU job's threads and
 resources declared by the workflow itself -- the same function for a one-run job and an N-run
 job, site facts from the environment -- through public Snakemake API only."""
 

@@ -92,7 +92,7 @@ def test_smoke_preset_runs_the_whole_dag(smoke_run):
 
 
 def _assert_beyond_the_paper(res):
-    """Instability analysis and sharpness (issue 14) on the smoke DAG."""
+    """Instability analysis and sharpness on the smoke DAG."""
     net = res / "resnet8_w4"
     for seed in (1, 2):
         for sub in ("dense", "level2"):
