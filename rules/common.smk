@@ -35,8 +35,9 @@ _data_note = config_check.data_of_the_run(
 if _data_note and workflow.is_main_process:
     print(_data_note, file=sys.stderr)
 # (registry checks in a child process: torch stays out of the planning process; their success
-# is remembered in the user's cache, config_check.cache_dir). A job's own Snakemake (on SLURM, two per job:
-# the job's and its srun step's) re-parses the workflow; the planning already checked the config.
+# is remembered in the user's cache, config_check.cache_dir). A job's own Snakemake (on SLURM,
+# two per job: the job's and its srun step's) re-parses the workflow; the planning already
+# checked the config.
 if workflow.is_main_process:
     config_check.check(config, cache_dir=config_check.cache_dir(), isolate=True)
 

@@ -42,11 +42,11 @@ class StridedBySlicing(nn.Conv2d):
     """A strided 1x1 ``Conv2d`` computed as the stride-1 convolution of the (padded) input
     sliced at the stride; parameters, state and attributes (``stride`` included) are unchanged.
 
-    The slice is copied into a dense tensor (channels_last, as it was) before the convolution. Eager PyTorch
-    makes that copy anyway, but Inductor hands the strided view itself to ``convolution`` and
-    ``convolution_backward``, and oneDNN's backward-by-weights then reads a non-dense NHWC source
-    with fewer than 16 channels: the same out-of-bounds workspace writes (heap corruption, NaN
-    weight gradients; tests/unit/test_compile.py)."""
+    The slice is copied into a dense tensor (channels_last, as it was) before the convolution.
+    Eager PyTorch makes that copy anyway, but Inductor hands the strided view itself to
+    ``convolution`` and ``convolution_backward``, and oneDNN's backward-by-weights then reads a
+    non-dense NHWC source with fewer than 16 channels: the same out-of-bounds workspace writes
+    (heap corruption, NaN weight gradients; tests/unit/test_compile.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.padding

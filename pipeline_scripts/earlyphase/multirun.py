@@ -74,7 +74,8 @@ def masked_parameters(model: nn.Module, mask: dict | None):
     return [named[k] for k in mask], [like(named[k], mask[k]) for k in mask]
 
 
-def _compiled(module: nn.Module, mode: str | None):
+def _compiled(module, mode: str | None):
+    """``torch.compile`` of a module or function, as every training step compiles."""
     # dynamic=False: the partial last batch of an epoch gets a graph of its own instead of turning
     # every graph dynamic (and, with reduce-overhead, a CUDA graph per batch shape).
     devices.pin_cpu_vector_isa()
@@ -323,8 +324,7 @@ class Vmapped:
             # The stacked parameters and BatchNorm buffers are inputs, not module state, so
             # CUDA graphs would be skipped ("mutated inputs"): refused (config_check, train).
             raise ValueError("CUDA graphs cannot capture vmapped runs (runtime.multirun_method)")
-        devices.pin_cpu_vector_isa()
-        self._forward = torch.compile(self._forward, mode=mode, dynamic=False)
+        self._forward = _compiled(self._forward, mode)
 
     def load(self, states: Sequence[dict]) -> None:
         with torch.no_grad():
