@@ -135,9 +135,10 @@ def per_run_params(fn, seeds, variants=None):
 # Threads: runtime.threads, or EARLYPHASE_SLURM_TRAIN_THREADS when set (profiles/slurm); a
 # profile's set-threads still overrides a one-run rule by its name (profiles/laptop does).
 # Memory: runtime.mem_mb_per_thread x threads. Time limit (minutes; SLURM only): one 160-epoch
-# run of the network alone (runtime.minutes_per_run; `python -m pipeline_scripts.tools.bench
-# --job-sizes` measures it on a GPU) x the stage's share of a run below x the runs in the job,
-# + a fixed start-up allowance, x the attempt (a retry resumes with twice the time). GPU: every
+# run of the network alone (runtime.minutes_per_run; `python -m pipeline_scripts.tools.gpu sizes`
+# measures it on a GPU) x the stage's share of a run below x the runs in the job / the speed-up
+# of that many runs in one process (runtime.packing_speedup, capped at the runs), + a fixed
+# start-up allowance, x the attempt (a retry resumes with twice the time). GPU: every
 # such job asks for one (`gpu: 1`: sbatch --gpus=1; the local profile's GPU slots; no effect
 # where no gpu resource limit is set, as on a laptop); EARLYPHASE_SLURM_GPU_GRES asks with
 # --gres instead, EARLYPHASE_SLURM_GPU_MODEL names the model, EARLYPHASE_SLURM_GPU_PARTITION
@@ -162,12 +163,16 @@ STAGE_SHARE = {
 }
 
 
+def _per_network(key, net):
+    return _RT[key].get(net, _RT[key]["default"])
+
+
 def job_minutes(stage, net, runs=1, epochs=None):
     share, extra = STAGE_SHARE[stage]
     if share is None:
         share = float(epochs) / 160
-    per_run = _RT["minutes_per_run"].get(net, _RT["minutes_per_run"]["default"])
-    return int(per_run * share * runs + extra)
+    speedup = min(float(_per_network("packing_speedup", net)), runs) if runs > 1 else 1.0
+    return int(_per_network("minutes_per_run", net) * share * runs / speedup + extra)
 
 
 def gpu_job_resources(stage, seeds=None, variants=None):

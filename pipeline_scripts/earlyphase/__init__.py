@@ -4,4 +4,4 @@ One concept per module (docs/architecture.md has the map). Nothing here imports 
 entry points in ``pipeline_scripts/*.py`` read ``snakemake.*`` and call into these modules.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -395,7 +395,7 @@ def _registries(config: dict) -> None:
 def _per_network_runtime(config: dict) -> dict:
     """The runtime settings given per network (runtime.runs_per_job may be one number)."""
     rt = config["runtime"]
-    out = {"minutes_per_run": rt["minutes_per_run"]}
+    out = {"minutes_per_run": rt["minutes_per_run"], "packing_speedup": rt["packing_speedup"]}
     if isinstance(rt["runs_per_job"], dict):
         out["runs_per_job"] = rt["runs_per_job"]
     return out

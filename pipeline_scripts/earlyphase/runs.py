@@ -440,14 +440,19 @@ def run(job: Job, log: Callable[[str], None] = print) -> dict:
 
 
 def run_group(
-    jobs: list[Job], method: str = "grouped", log: Callable[[str], None] = print
+    jobs: list[Job],
+    method: str = "grouped",
+    log: Callable[[str], None] = print,
+    on_step: Callable[[int], None] | None = None,
+    on_evaluate: Callable[[int, list[tuple]], None] | None = None,
 ) -> list[dict]:
     """Train jobs of one network together in one process (``runtime.runs_per_job``;
     ``train.train_runs``) and write each job's outputs exactly as a job of its own would. The jobs
     may differ in seed, start state, mask, perturbation, task labels and data stream; they must
     share the network, the hyperparameters, the data and the start iteration. The batch resumes
     like a single run (its state lives in the first job's workdir); telemetry needs a job of its
-    own. Returns each job's metrics-file root attributes."""
+    own. ``on_step`` and ``on_evaluate`` are ``train.train_runs``'s hooks (progress, deadlines).
+    Returns each job's metrics-file root attributes."""
     if not jobs:
         raise ValueError("run_group needs at least one job")
     first = jobs[0]
@@ -482,7 +487,8 @@ def run_group(
         network=first.network,
         method=method,
         log=log,
-        on_step=clock.on_step,
+        on_step=clock.on_step if on_step is None else _both(clock.on_step, on_step),
+        on_evaluate=on_evaluate,
     )
     clock.mark("train")
     extra = {"runs_per_job": len(jobs), "multirun_method": method} if len(jobs) > 1 else {}
@@ -496,6 +502,14 @@ def run_group(
     return out
 
 
+def _both(first: Callable, second: Callable) -> Callable:
+    def call(*args):
+        first(*args)
+        second(*args)
+
+    return call
+
+
 class JobClock:
     """Where a training job's wall time goes beside the training itself: the seconds of each
     phase -- the Snakemake process that runs the job (on SLURM it parses the workflow first) up
@@ -504,8 +518,12 @@ class JobClock:
     rest of training with its evaluations, and writing the outputs."""
 
     def __init__(self):
-        import psutil
-
+        try:  # (psutil comes with Snakemake; a bare GPU node may lack it)
+            import psutil
+        except ImportError:  # the phases then start here, without the process start and imports
+            self.marks = [("clock_start", time.time())]
+            self._calls = 0
+            return
         me = psutil.Process()
         self.marks = [("process_start", me.create_time())]
         try:

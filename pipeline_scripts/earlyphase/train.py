@@ -75,8 +75,8 @@ class RunOptions:
     checkpoint_seconds: float = 600.0  # wall seconds between resume-state saves
     compile: bool = False  # torch.compile the model (pays only for long runs on GPUs)
     # CUDA graphs (torch.compile mode "reduce-overhead"): forward and backward replayed as graphs,
-    # for launch-bound small networks on GPUs; no effect on a CPU.
-    cuda_graphs: bool = False
+    # for launch-bound small networks on GPUs (on by default: docs/gpu.md); no effect on a CPU.
+    cuda_graphs: bool = True
     batch_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y), after crop/flip
     eval_subset: int = 0  # >0: evaluations up to eval_subset_until use a fixed random test subset
     eval_subset_until: int = -1  # last iteration evaluated on the subset (telemetry's dense points)
@@ -259,18 +259,21 @@ def train_runs(
     log: Callable[[str], None] = print,
     max_iterations: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_evaluate: Callable[[int, list[tuple]], None] | None = None,
 ) -> list[TrainResult]:
     """Train ``runs`` (one network shape, one start iteration) together, in place; see the module
     docstring. Returns one ``TrainResult`` per run, in order.
 
     ``method``: how N > 1 runs are batched (``multirun.METHODS``). ``max_iterations`` stops early
     (tests, benchmarks); ``on_step(it)`` runs before the first step and after every step (``it`` =
-    the absolute iteration; the benchmark's clock). A resume state saved by another batch or under
+    the absolute iteration; the benchmark's clock); ``on_evaluate(it, [(loss, accuracy), ...])``
+    after every evaluation (progress reports). A resume state saved by another batch or under
     other settings, or a damaged one, is moved aside (``resume.stale-<time>.pt``) and the batch
     starts afresh, saying so in the log."""
     loop = _set_up(
         list(runs), hp, method=method, network=network, log=log, max_iterations=max_iterations
     )
+    loop.on_evaluate = on_evaluate
     resumed = loop.resume()
     loop.compile()
     if not resumed:
@@ -455,6 +458,7 @@ class _Loop:
     draws: list | None = field(init=False, default=None)  # per run: draw_epoch's augment.draw_epoch
     draw_epoch: int = field(init=False, default=-1)
     lr: float | None = field(init=False, default=None)  # the learning rate of the last step
+    on_evaluate: Callable | None = field(init=False, default=None)  # train_runs' hook
     t0: float = field(init=False, default=0.0)  # perf_counter when the training clock started
     last_save: float = field(init=False, default=0.0)  # monotonic time of the last save
 
@@ -539,8 +543,6 @@ class _Loop:
                 device, compile=opts.compile, cuda_graphs=mode == "reduce-overhead"
             )
             self.group.compile(None if mode == "default" else mode)
-        if opts.cuda_graphs and device.type != "cuda":
-            self.log(f"runtime.cuda_graphs has no effect on {device}: CUDA graphs need a GPU")
 
     def begin(self) -> None:
         """A batch starting afresh: telemetry, snapshot and evaluation at its start iteration."""
@@ -660,6 +662,8 @@ class _Loop:
                 raise NonFiniteLoss(
                     f"test loss is {loss} at iteration {it}{who}: training diverged"
                 )
+        if self.on_evaluate is not None:
+            self.on_evaluate(it, results)
         accs = " ".join(f"{a:.4f}" for _, a in results)
         if n_runs == 1:
             self.log(f"iter {it:>7}/{self.sched.total}  test loss {results[0][0]:.4f}  acc {accs}")

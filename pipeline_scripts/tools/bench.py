@@ -278,7 +278,9 @@ def time_ours(
     hp = _hparams(net, batch_size)
     model = _model(net, seed, dev)
     mask = sparse_mask(model, net, sparsity) if sparsity else None
-    opts = train.RunOptions(seed=seed, checkpoint_seconds=1e12, compile=compile)
+    opts = train.RunOptions(
+        seed=seed, checkpoint_seconds=1e12, compile=compile, cuda_graphs=compile
+    )
     clock = StepClock(plan, ds.train_x.shape[0], hp.batch_size, _sync_for(dev))
     train_until_stopped(model, ds, hp, opts, clock.on_step, network=net, mask=mask)
     return clock.result()

@@ -38,9 +38,12 @@ Per job, iterations = ``TrainingHparams.total_iterations(n_train)`` with the job
 hyperparameters (per-network batch size, pre-training overrides and lengths), images = the images
 those iterations draw (a partial last batch per epoch), evaluations = ``runs.eval_schedule`` (plus
 the telemetry points of dense runs) x test images. With the benchmark's images/s per network
-(``bench.py``; ``ours`` for training, ``eval`` at the config's eval batch size)::
+(``bench.py``; ``ours`` for training, ``eval`` at the config's eval batch size) or of N runs in
+one process (``tools.gpu grid``/``check``, the rows in the config's precision and CUDA-graph
+setting; ``throughput``, ``rate``)::
 
-    device-seconds = sum over jobs of  images / train_img_s[net]  +  evaluated images / eval_img_s[net]
+    device-seconds = sum over jobs of  (images of its N runs) / train_img_s[net, N]
+                                       + evaluated images / eval_img_s[net]
 
 Masked jobs are costed at the dense rate (a mask costs ~0-1%, benchmarked separately). A job uses
 the threads the rules give it (2), so on a 2-core machine device-hours = wall-clock hours.
@@ -95,15 +98,48 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load_config(paths: list[str | Path], schema: str | Path = SCHEMA) -> dict:
     """Merge config files as ``snakemake --configfile a b`` does -- over the Snakefile's own
-    config.yaml -- and fill the schema defaults."""
-    from snakemake.utils import update_config, validate
-
+    config.yaml, mappings merged key by key, everything else replaced -- and check them against
+    the schema, filling its defaults, as the workflow's ``validate(config, ..., set_default=True)``
+    does. Needs PyYAML and jsonschema, not Snakemake (the GPU tools run where it is missing)."""
     config: dict = {}
     for p in [ROOT / "config.yaml", *paths]:
         with open(p) as f:
-            update_config(config, yaml.safe_load(f) or {})
-    validate(config, str(schema), set_default=True)
+            merge(config, yaml.safe_load(f) or {})
+    validate(config, schema)
     return config
+
+
+def merge(config: dict, overlay: dict) -> None:
+    """``overlay`` into ``config`` in place (``snakemake.utils.update_config``'s rule)."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            merge(config[key], value)
+        else:
+            config[key] = copy.deepcopy(value)
+
+
+def validate(config: dict, schema: str | Path = SCHEMA) -> None:
+    """Check ``config`` against the JSON schema and fill the defaults of missing keys (the
+    jsonschema FAQ's default-setting validator, as ``snakemake.utils.validate`` uses it)."""
+    import jsonschema
+
+    with open(schema) as f:
+        spec = yaml.safe_load(f)
+    base = jsonschema.validators.validator_for(spec)
+    check_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
+    error = jsonschema.exceptions.best_match(filling(spec).iter_errors(config))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"config key {where}: {error.message} (schema: {schema})")
 
 
 @dataclass
@@ -204,7 +240,8 @@ def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
     n_train, n_test = data_sizes(config)
     hps = {n: {**tr["defaults"], **tr["per_network"].get(n, {})} for n in config["networks"]}
     sparse_epochs = float(pre["sparse"]["epochs"])
-    runs_of: dict[tuple, int] = defaultdict(int)  # (family, net, k, pre_epochs, hp epochs, tel)
+    # (family, net, k, pre_epochs, hp epochs, telemetry, runs per job) -> runs
+    runs_of: dict[tuple, int] = defaultdict(int)
     for rule, w in dag_jobs:
         base, count = _base_rule(rule)
         family = FAMILY_OF_RULE.get(base)
@@ -225,9 +262,9 @@ def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
             k, epochs = 0, sparse_epochs
         elif base == "sparse_train" and w["start"] == "pretrained":
             pre_epochs = sparse_epochs
-        runs_of[(family, w["net"], k, pre_epochs, epochs, base == "train_dense")] += count
+        runs_of[(family, w["net"], k, pre_epochs, epochs, base == "train_dense", count)] += count
     out = []
-    for (family, net, k, pre_epochs, epochs, telemetry_), count in runs_of.items():
+    for (family, net, k, pre_epochs, epochs, telemetry_, per_job), count in runs_of.items():
         if family in MEASUREMENT_FAMILIES:
             out.append(_measurement(family, net, hps[net], count, config, n_train, n_test))
             continue
@@ -250,6 +287,7 @@ def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
                 "network": net,
                 "hparams": hp_dict,
                 "count": count,
+                "per_job": per_job,
                 "telemetry": telemetry_,
                 "start": start,
                 "iterations": total - start,
@@ -280,6 +318,7 @@ def _measurement(family, net, hp, count, config, n_train, n_test) -> dict:
         "hparams": hp,
         "telemetry": False,
         "count": count,
+        "per_job": 1,
         "start": 0,
         "iterations": 0,
         "images": images,
@@ -287,21 +326,81 @@ def _measurement(family, net, hp, count, config, n_train, n_test) -> dict:
     }
 
 
-def throughput(bench: dict) -> dict[str, dict]:
-    """network -> {"train": img/s, "eval": img/s} from a bench.py JSON file."""
+def throughput(bench: dict, runtime: dict | None = None) -> dict[str, dict]:
+    """network -> {"train": one run's img/s, "eval": img/s or None, "packed": {N: img/s of N runs
+    in one process, in all}} from a measurement file: ``tools.bench``'s JSON (CPUs; one run at a
+    time), or ``tools.gpu grid`` / ``check``'s (their rows; a check's grid is its ``grid``).
+
+    Of a GPU file's rows only those of the configuration jobs run in are used: the config's
+    ``runtime.precision`` and ``runtime.cuda_graphs`` (``runtime``; None = the file's best rows),
+    one process (single, or runs batched in-process as ``runtime.multirun_method`` does; never N
+    processes sharing the device), no failed row. A network without such a row has no figure."""
+    if "grid" in bench and "rows" not in bench:  # a tools.gpu check file
+        bench = bench["grid"]
+    if "rows" not in bench:
+        out = {}
+        for key, e in bench.get("networks", {}).items():
+            if e.get("sparsity"):
+                continue
+            ev = e.get("eval") or {}
+            ev_ips = next(iter(ev.values()))["img_s"] if ev else None
+            out[e.get("network", key)] = {"train": e["ours"]["img_s"], "eval": ev_ips, "packed": {}}
+        return out
+    rows = [r for r in bench["rows"] if r.get("img_s") and r["mode"] != "processes"]
+    if runtime is not None:
+        method = runtime.get("multirun_method", "grouped")
+        rows = [
+            r
+            for r in rows
+            if r["precision"] == runtime.get("precision", "tf32")
+            and bool(r["cuda_graphs"]) == bool(runtime.get("cuda_graphs", True))
+            and r["mode"] in ("single", method)
+        ]
     out = {}
-    for key, e in bench.get("networks", {}).items():
-        if e.get("sparsity"):
+    for net in dict.fromkeys(r["network"] for r in rows):
+        mine = [r for r in rows if r["network"] == net]
+        singles = [r["img_s"] for r in mine if r["n"] == 1]
+        if not singles:
             continue
-        ev = e.get("eval") or {}
-        ev_ips = next(iter(ev.values()))["img_s"] if ev else None
-        out[e.get("network", key)] = {"train": e["ours"]["img_s"], "eval": ev_ips}
+        packed: dict[int, float] = {}
+        for r in mine:
+            if r["n"] > 1:
+                packed[r["n"]] = max(packed.get(r["n"], 0.0), r["img_s"])
+        out[net] = {"train": max(singles), "eval": None, "packed": dict(sorted(packed.items()))}
     return out
 
 
-def estimate(config: dict, dag_jobs: list[tuple[str, dict]], bench: dict | None = None) -> dict:
-    """Runs, iterations, images and device-hours of ``dag_jobs`` (``dag``) under ``config``."""
-    rates = throughput(bench) if bench else {}
+def rate(r: dict, n: int) -> float:
+    """Aggregate training img/s of a job of ``n`` runs of a network with ``throughput`` entry
+    ``r``: measured where N = n was measured; between two measured N, linear in N; beyond the
+    largest measured N, that N's rate (no further gain assumed); one run at a time where nothing
+    batched was measured (CPU benchmarks)."""
+    points = {1: r["train"], **{int(k): v for k, v in r.get("packed", {}).items()}}
+    if n in points:
+        return points[n]
+    below = max(k for k in points if k < n)
+    above = [k for k in points if k > n]
+    if not above:
+        return points[below]
+    hi = min(above)
+    return points[below] + (points[hi] - points[below]) * (n - below) / (hi - below)
+
+
+def estimate(
+    config: dict,
+    dag_jobs: list[tuple[str, dict]],
+    bench: dict | None = None,
+    assume: dict[str, str] | None = None,
+) -> dict:
+    """Runs, iterations, images and device-hours of ``dag_jobs`` (``dag``) under ``config``.
+    ``assume`` ({network: measured network}) costs a network the benchmark did not measure at
+    another's rates, an estimate the result names (``assumed``)."""
+    rates = throughput(bench, config["runtime"]) if bench else {}
+    assume = {n: m for n, m in (assume or {}).items() if n not in rates}
+    for net, like in assume.items():
+        if like not in rates:
+            raise ValueError(f"--assume {net}={like}: the benchmark has no figure for {like}")
+        rates[net] = rates[like]
     families: dict[str, Family] = {f: Family() for f in RULE_OF}
     n_train, n_test = data_sizes(config)
     for j in jobs(config, dag_jobs):
@@ -316,8 +415,10 @@ def estimate(config: dict, dag_jobs: list[tuple[str, dict]], bench: dict | None 
         if r is None:
             f.missing.add(j["network"])
         else:
-            eval_rate = r["eval"] or 3 * r["train"]  # forward only ~ 1/3 of a training step
-            seconds = c * (j["images"] / r["train"] + j["eval_images"] / eval_rate)
+            # c runs in jobs of N: c / N jobs of N x images at the rate of N runs together
+            train_rate = rate(r, j["per_job"])
+            eval_rate = r["eval"] or 3 * train_rate  # forward only ~ 1/3 of a training step
+            seconds = c * (j["images"] / train_rate + j["eval_images"] / eval_rate)
             f.seconds += seconds
         row = f.by_network[j["network"]]
         row[0] += c
@@ -350,6 +451,7 @@ def estimate(config: dict, dag_jobs: list[tuple[str, dict]], bench: dict | None 
         "total_images": sum(f["images"] for f in fams.values()),
         "device_hours": sum(hours) if hours and None not in hours else None,
         "throughput": rates,
+        "assumed": assume,
     }
 
 
@@ -378,14 +480,18 @@ def report(est: dict, device_name: str = "") -> str:
     if est["throughput"]:
         where = f" on {device_name}" if device_name else ""
         rates = ", ".join(
-            f"{n} {r['train']:.0f}" + (f"/{r['eval']:.0f}" if r["eval"] else "")
+            f"{n} {r['train']:.0f}"
+            + (f"/{r['eval']:.0f}" if r["eval"] else "")
+            + "".join(f", N={k}: {v:.0f}" for k, v in r.get("packed", {}).items())
             for n, r in est["throughput"].items()
         )
-        lines.append(f"measured img/s{where} (train/eval): {rates}")
+        lines.append(f"measured img/s{where} (train/eval; N runs in one process: in all): {rates}")
         if h is not None:
             lines.append(
                 f"= {h:,.0f} device-hours = {h / 24:,.1f} device-days at one job at a time"
             )
+    for net, like in est.get("assumed", {}).items():
+        lines.append(f"estimate: {net} was not measured; costed at {like}'s rates")
     missing = sorted({n for f in est["families"].values() for n in f["networks_without_benchmark"]})
     if missing:
         lines.append(f"no benchmark figure for {missing}: their hours are not estimated")
@@ -405,6 +511,13 @@ def main(argv=None) -> int:
     p.add_argument("--bench", help="bench.py JSON with measured images/s per network")
     p.add_argument("--device-name", default="", help="label for the device the bench ran on")
     p.add_argument("--json", help="also write the estimate here")
+    p.add_argument(
+        "--assume",
+        nargs="+",
+        default=[],
+        metavar="NET=MEASURED",
+        help="cost a network the benchmark lacks at a measured one's rates (an estimate)",
+    )
     args = p.parse_args(argv)
     config = load_config(args.config)
     dag_jobs = dag(args.config)
@@ -412,8 +525,12 @@ def main(argv=None) -> int:
     name = args.device_name
     if bench and not name:
         m = bench.get("machine", {})
-        name = f"{m.get('device', '?')} ({m.get('cpu', '?')}, {m.get('threads', '?')} threads)"
-    est = estimate(copy.deepcopy(config), dag_jobs, bench)
+        if "cpu" in m:  # tools.bench: a CPU
+            name = f"{m.get('device', '?')} ({m['cpu']}, {m.get('threads', '?')} threads)"
+        else:  # tools.gpu grid or check
+            name = m.get("device") or bench.get("device", "?")
+    assume = dict(a.split("=", 1) for a in args.assume)
+    est = estimate(copy.deepcopy(config), dag_jobs, bench, assume)
     print(report(est, name))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,48 +1,39 @@
-"""GPU measurements: the check before spending GPU-hours, the job sizes a profile needs, and the
-paper-scale figures (docs/gpu.md).
+"""GPU measurements: the check before spending GPU-hours, one command for a short GPU slot, the
+job sizes a profile needs, and the table of a measurement (docs/gpu.md).
 
-    python -m pipeline_scripts.tools.gpu check [--data F]   # <= 8 min on one H100/H200: see below
+    python -m pipeline_scripts.tools.gpu check [--budget-s 360]  # tools/gpu_check.py
+    python -m pipeline_scripts.tools.gpu lease --out-dir D [--data F] [--budget-s 840]
+    python -m pipeline_scripts.tools.gpu lease --continue D      # tools/lease.py
     python -m pipeline_scripts.tools.gpu grid      # img/s per network x N x precision x graphs
-    python -m pipeline_scripts.tools.gpu sizes     # runtime.minutes_per_run + runs_per_job (YAML)
-    python -m pipeline_scripts.tools.gpu accuracy --data F   # ResNet-20, 160 epochs, 2 seeds
+    python -m pipeline_scripts.tools.gpu sizes [--from F]   # runtime job sizes for config.yaml
+    python -m pipeline_scripts.tools.gpu all       # grid, sizes and the protocol's GPU-hours
     python -m pipeline_scripts.tools.gpu imp --data F        # Figure 1's headline at paper scale
-    python -m pipeline_scripts.tools.gpu all --data F        # grid, sizes, cost, accuracy [, imp]
-
-``check`` answers what must be true before anyone spends GPU-hours, in one JSON
-(``<out-dir>/check.json``): (a) the CUDA-only tests (``tests/cuda``: determinism, CUDA vs CPU,
-CUDA graphs on/off, grouped vs single, SIGTERM resume, pruned weights stay zero); (b) kernel
-launches per training step of ResNet-20 with and without CUDA graphs and masks (profiler); (c)
-img/s of ResNet-20 at N = 1 (graphs off/on, tf32/bf16), N = 8 grouped and 8 processes, and of
-ResNet-56, VGG-13 and WRN-16-8 at N = 1 in tf32 with graphs off/on, each with its fraction of the
-``torch.mm`` peak; (d) a training job's start-up cost (imports, data load and hash, device
-set-up, first step, compilation). On a CPU (``--quick``, the test suite) every part runs on tiny
-sizes, the CUDA-only tests are reported as skipped with their reason, and the figures mean
-nothing.
-
-Every measurement configures the device exactly as a training job does (``device.configure_from``
-with the config's ``runtime``), resets Dynamo before each configuration (the networks share one
-``forward``, so one process would otherwise hit Dynamo's recompile limit and silently run eager),
-records per row whether compiled graphs and CUDA graphs really ran (Dynamo's and Inductor's
-counters), records a row that fails (out of memory, a compile error) and goes on, writes its JSON
-after every row, and stops what it started (the MPS daemon, worker processes).
+    python -m pipeline_scripts.tools.gpu table F   # a check's or grid's img/s as a Markdown table
 
 ``grid`` times ``train.train_runs`` itself (bench.StepClock: warm-up, then windows of whole steps,
 the median reported) with N runs batched in one process (``multirun``: the plain model for N = 1,
 ``grouped`` or ``vmap`` above), and N one-run processes sharing the GPU (time-slicing, or CUDA MPS
 with ``--mps``), in each precision, with and without CUDA graphs (on a CPU: ``torch.compile``'s
-default mode instead, so the compile path is exercised). Its JSON has a bench.py-compatible
-``networks`` section, so ``python -m pipeline_scripts.tools.cost --bench`` projects GPU-hours.
+default mode instead, so the compile path is exercised). Every measurement configures the device
+exactly as a training job does (``device.configure_from`` with the config's ``runtime``), resets
+Dynamo before each configuration (the networks share one ``forward``, so one process would
+otherwise hit Dynamo's recompile limit and silently run eager), records per row whether compiled
+graphs and CUDA graphs really ran (Dynamo's and Inductor's counters), records a row that fails
+(out of memory, a compile error) and goes on, writes its JSON after every row, and stops what it
+started (the MPS daemon, worker processes). ``python -m pipeline_scripts.tools.cost --bench``
+projects GPU-hours from its rows (or from a check's).
+
+``sizes`` turns the rows in the jobs' configuration (config.yaml's precision and CUDA-graph
+switch) into ``runtime.minutes_per_run``, ``runs_per_job`` and ``packing_speedup``; with
+``--from F`` it reads them from a grid or check file instead of measuring.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,19 +42,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline_scripts.earlyphase import config_check, data, device, models, runs, train
+from pipeline_scripts.earlyphase import data, device, models
 from pipeline_scripts.tools import bench, cost
 
 NETWORKS = models.PAPER_NETWORKS
 ROOT = Path(__file__).resolve().parents[2]
-PAPER_RESNET20 = (91.5, 0.2)  # Table A1: ResNet-20 test accuracy, mean +- std (%)
 # A GPU plan: the GPU is the contended resource, so other processes' CPU use is not a reason to
 # drop a window (the process-sharing measurement runs N processes on purpose).
 GPU_PLAN = bench.Plan(warmup_steps=20, warmup_s=3.0, window_s=2.0, windows=5, max_other_cores=1e9)
-# The check's shorter plan: ~5 s a configuration, so the whole check fits 8 minutes (estimated:
-# (a) ~3 min with one cold compile of ResNet-20, (b) ~0.5, (c) 10 rows ~1 plus three cold
-# compiles ~2, (d) ~1).
-CHECK_PLAN = bench.Plan(warmup_steps=10, warmup_s=1.0, window_s=1.0, windows=3, max_other_cores=1e9)
 
 
 def configure(threads: int | None = None) -> dict:
@@ -78,11 +64,13 @@ def _dataset(path: str | None, dev: torch.device, quick: bool, tmp: Path) -> dat
 
 
 def _peak(dev: torch.device, precision: str, plan: bench.Plan) -> float:
-    """torch.mm GFLOP/s in ``precision`` (bf16 operands for bf16; TF32 switch for tf32)."""
+    """torch.mm GFLOP/s in ``precision`` (bf16 operands for bf16; the TF32 switch for tf32), on
+    matrices that fill the device: 8192 x 8192 on CUDA (an H200 reaches well under its TF32 peak
+    on 2048 x 2048), 512 x 512 on a CPU."""
     device.set_precision(device.effective_precision(precision, dev))
+    n = 8192 if dev.type == "cuda" else 512
     if precision != "bf16":
-        return bench.matmul_peak(dev, plan, n=512 if plan.window_s < 1 else 2048)["gflops"]
-    n = 4096 if dev.type == "cuda" else 512
+        return bench.matmul_peak(dev, plan, n=n, windows=3)["gflops"]
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     sync = bench._sync_for(dev)
     torch.mm(a, a)
@@ -239,7 +227,9 @@ def grid_rows(args) -> list[dict]:
     return rows
 
 
-def grid(args, log=print, write=lambda result: None, rows=None, plan=GPU_PLAN) -> dict:
+def grid(args, log=print, write=lambda result: None, rows=None, plan=GPU_PLAN, each=iter) -> dict:
+    """Time ``rows`` (default: ``grid_rows(args)``) one after another, writing the result after
+    every row; ``each`` hands out the rows (``budget.Part.items``: only while time lasts)."""
     runtime = configure()
     dev = device.select("auto")
     plan = plan.scaled(args.quick)
@@ -255,15 +245,14 @@ def grid(args, log=print, write=lambda result: None, rows=None, plan=GPU_PLAN) -
         precisions = sorted({r["precision"] for r in rows})
         out["matmul_gflops"] = peaks = {p: _peak(dev, p, plan) for p in precisions}
         fwd = {}
-        for row in rows:
+        for row in each(rows):
             net = row["network"]
             if net not in fwd:
                 fwd[net] = bench.forward_flops(net, dev, bench.BATCH_SIZE.get(net, 128))
             out["rows"].append(measure_row(row, ds, args.data, plan, peaks, fwd[net], args))
             log(_row(row, out["device"]))
             write(out)
-    out["complete"] = True
-    out["networks"] = _best(out["rows"])
+    out["complete"] = len(out["rows"]) == len(rows)
     out["machine"] = {"device": out["device"]}
     write(out)
     return out
@@ -280,364 +269,40 @@ def _row(r: dict, dev: str) -> str:
     return head + f"{r['img_s']:>10.0f} img/s  {100 * r['fraction_of_peak']:5.1f}% of mm peak" + ran
 
 
-def _best(rows: list[dict]) -> dict:
-    """bench.py-compatible ``networks``: the best aggregate img/s per network (cost.py)."""
-    out = {}
-    for r in rows:
-        if r.get("img_s") is None:
-            continue
-        best = out.get(r["network"])
-        if best is None or r["img_s"] > best["ours"]["img_s"]:
-            out[r["network"]] = {"ours": {"img_s": r["img_s"]}, "setting": r}
-    return out
-
-
-def sizes(result: dict, n_train: int = 50_000, epochs: int = 160, margin: float = 1.3) -> dict:
-    """runtime.minutes_per_run (one run alone, +30%) and runs_per_job (the smallest N within 10%
-    of the best aggregate rate) per network, from a ``grid`` result's successful rows."""
-    minutes, per_job = {}, {}
-    ok = [r for r in result["rows"] if r.get("img_s")]
-    for net in sorted({r["network"] for r in ok}):
-        rows = [r for r in ok if r["network"] == net and r["mode"] != "processes"]
-        singles = [r["img_s"] for r in rows if r["n"] == 1]
-        if not singles:
-            continue
-        minutes[net] = round(n_train * epochs / max(singles) / 60 * margin, 1)
-        best = max(r["img_s"] for r in rows)
-        per_job[net] = min(r["n"] for r in rows if r["img_s"] >= 0.9 * best)
-    if not minutes:
-        raise RuntimeError("no grid row succeeded: nothing to size jobs from")
+def sizes(
+    result: dict,
+    runtime: dict,
+    max_runs: int | None = None,
+    n_train: int = 50_000,
+    epochs: int = 160,
+    margin: float = 1.3,
+) -> dict:
+    """Job sizes per network from a ``grid`` (or ``check``) result's rows in the configuration
+    jobs run in (``runtime``'s precision and CUDA-graph setting; ``cost.throughput``):
+    ``minutes_per_run`` (one 160-epoch run alone, +30 %), ``runs_per_job`` (the smallest measured
+    N within 10 % of the best aggregate rate, at most ``max_runs``: a seed group holds at most
+    the config's seeds) and ``packing_speedup`` (that N's aggregate rate over one run's; ``rate``
+    interpolates an N that was not measured)."""
+    rates = cost.throughput(result, runtime)
+    if not rates:
+        raise RuntimeError(
+            f"no successful row in the jobs' configuration (precision {runtime.get('precision')}, "
+            f"cuda_graphs {runtime.get('cuda_graphs')}): nothing to size jobs from"
+        )
+    minutes, per_job, speedup = {}, {}, {}
+    for net, r in sorted(rates.items()):
+        minutes[net] = round(n_train * epochs / r["train"] / 60 * margin, 1)
+        points = {1: r["train"], **r["packed"]}
+        best = max(points.values())
+        n = min(k for k, v in points.items() if v >= 0.9 * best)
+        n = min(n, max_runs) if max_runs else n
+        per_job[net] = n
+        speedup[net] = round(cost.rate(r, n) / r["train"], 2)
     return {
         "minutes_per_run": {**minutes, "default": max(minutes.values())},
         "runs_per_job": {**per_job, "default": 1},
+        "packing_speedup": {**speedup, "default": 1},
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# check: (a) CUDA-only tests, (b) launches per step, (c) img/s, (d) start-up cost
-
-
-def cuda_tests(out_dir: Path, log=print) -> dict:
-    """Part (a): tests/cuda in a pytest process; per test its outcome (skipped ones say why)."""
-    xml = out_dir / "cuda-tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "tests/cuda", "-p", "no:xdist", "-p", "no:cacheprovider"]
-    cmd += ["-o", "addopts=", "-q", "-rs", f"--junitxml={xml}"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    import xml.etree.ElementTree as ET
-
-    tests = []
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        outcome, detail = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            el = case.find(tag)
-            if el is not None:
-                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                detail = (el.get("message") or "")[:300]
-        tests.append({"test": case.get("name"), "outcome": outcome, "detail": detail})
-    passed = sum(t["outcome"] == "passed" for t in tests)
-    log(f"(a) CUDA tests: {passed}/{len(tests)} passed, exit status {proc.returncode}")
-    for t_ in tests:
-        if t_["outcome"] != "passed":
-            log(f"    {t_['test']}: {t_['outcome']} {t_['detail']}")
-    return {"exit_status": proc.returncode, "seconds": time.perf_counter() - t, "tests": tests}
-
-
-def launches_per_step(net: str, ds, graphs: bool, masked: bool, steps: int = 6) -> dict:
-    """Part (b): device-kernel launches (CUDA: kernel and graph launch calls) or operators
-    (CPU) per training step, from the profiler, after a warm-up."""
-    from torch.profiler import ProfilerActivity, profile
-
-    _fresh_compiler()
-    dev = ds.train_x.device
-    hp = bench._hparams(net, None)
-    model = bench._model(net, 1, dev)
-    mask = bench.sparse_mask(model, net) if masked else None
-    opts = train.RunOptions(seed=1, checkpoint_seconds=1e12, cuda_graphs=graphs, compile=graphs)
-    warm = 3
-    counted = {}
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    prof = profile(activities=activities)
-
-    def on_step(it):
-        bench._sync_for(dev)()
-        if it == warm:
-            prof.start()
-        if it == warm + steps:
-            prof.stop()
-            raise bench._Enough
-
-    bench.train_until_stopped(model, ds, hp, opts, on_step, network=net, mask=mask)
-    events = prof.key_averages()
-    if dev.type == "cuda":
-        names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuLaunchKernelEx")
-        counted = {e.key: e.count for e in events if e.key in names}
-        total = sum(counted.values())
-    else:
-        total = sum(e.count for e in events if e.key.startswith("aten::"))
-    out = {"per_step": total / steps, "by_kind": {k: v / steps for k, v in counted.items()}}
-    out["compiled"] = compiled_counts()
-    return out
-
-
-def startup(args) -> int:
-    """Part (d), child process: the phases of a training job's start, in seconds from the
-    process start, printed as JSON (importing this module has already loaded torch)."""
-    t0 = float(args.t0)
-    marks = {"imports": time.time() - t0}
-    runtime = configure()
-    dev = device.select("auto")
-    ds = data.load(args.data, dev)  # reads and sha256-checks the arrays, as every job does
-    marks["data_loaded"] = time.time() - t0
-    if dev.type == "cuda":
-        torch.zeros(1, device=dev)
-        torch.cuda.synchronize()
-    marks["device_ready"] = time.time() - t0
-    model = bench._model(args.network, 1, dev)
-    opts = train.options_from_runtime(
-        {**runtime, "cuda_graphs": args.graphs, "compile": args.graphs},
-        seed=1,
-        checkpoint_seconds=1e12,
-    )
-    steps = []
-
-    def on_step(it):
-        bench._sync_for(dev)()
-        steps.append(time.time() - t0)
-        if len(steps) == 4:
-            raise bench._Enough
-
-    hp = bench._hparams(args.network, None)
-    bench.train_until_stopped(model, ds, hp, opts, on_step, network=args.network)
-    marks["first_step_done"] = steps[1]  # model built, first step compiled (graphs) and run
-    marks["steady_step"] = steps[3] - steps[2]
-    print(json.dumps(marks), flush=True)
-    return 0
-
-
-def startup_cost(
-    network: str, graphs: bool, data_path: str | None, cache: str | None = None
-) -> dict:
-    """Part (d): run ``startup`` in a fresh process (as a job starts) and return its phases;
-    without ``data_path`` on a small synthetic data file made beforehand; ``cache``: the
-    compilers' cache directory (Inductor's and Triton's), as the workflow sets it per run."""
-    env = {**os.environ}
-    if cache:
-        env |= {
-            "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
-            "TRITON_CACHE_DIR": f"{cache}/triton",
-        }
-    with tempfile.TemporaryDirectory() as tmp:
-        if data_path is None:
-            data_path = str(Path(tmp) / "synthetic.h5")
-            data.prepare(data_path, "synthetic", synthetic={"n_train": 512, "n_test": 128}, seed=0)
-        argv = ["startup", "--network", network, "--data", data_path] + (
-            ["--graphs"] if graphs else []
-        )
-        code = (
-            "import time; t0 = time.time(); import sys; "
-            "from pipeline_scripts.tools import gpu; "
-            f"sys.exit(gpu.main({argv!r} + ['--t0', repr(t0)]))"
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env
-        )
-    if proc.returncode:
-        return {"error": proc.stderr[-500:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def check_rows(quick: bool) -> list[dict]:
-    """Part (c)'s configurations (a fixed list sized to fit the 8-minute budget)."""
-    r20 = [("resnet20", 1, "single", p, g) for p in ("tf32", "bf16") for g in (False, True)] + [
-        ("resnet20", 8, "grouped", "tf32", True),
-        ("resnet20", 8, "processes", "tf32", False),
-    ]
-    big = [
-        (net, 1, "single", "tf32", g)
-        for net in ("resnet56", "vgg13", "wrn16_8")
-        for g in (False, True)
-    ]
-    if quick:  # CPU: the narrow test network stands in for all, N = 2 for 8
-        r20 = [("resnet8_w4", 1, "single", "fp32", g) for g in (False, True)]
-        r20 += [
-            ("resnet8_w4", 2, "grouped", "fp32", False),
-            ("resnet8_w4", 2, "processes", "fp32", False),
-        ]
-        big = []
-    keys = ("network", "n", "mode", "precision", "cuda_graphs")
-    return [dict(zip(keys, r, strict=True)) for r in r20 + big]
-
-
-def check(args, write, log=print) -> dict:
-    """The GPU check (module docstring): parts (a)-(d) into one JSON, written after each part."""
-    started = time.perf_counter()
-    dev = device.select("auto")
-    result = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "quick": bool(args.quick),
-        "complete": False,
-    }
-    if not args.skip_tests:
-        result["tests"] = cuda_tests(Path(args.out_dir), log)
-        write(result)
-    configure()
-    net = "resnet8_w4" if args.quick else "resnet20"
-    with tempfile.TemporaryDirectory() as tmp:
-        ds = _dataset(args.data, dev, args.quick, Path(tmp))
-        result["launches"] = {}
-        for graphs in (False, True):
-            for masked in (False, True):
-                key = f"graphs_{'on' if graphs else 'off'}_mask_{'on' if masked else 'off'}"
-                try:
-                    result["launches"][key] = launches_per_step(net, ds, graphs, masked)
-                except Exception as e:  # noqa: BLE001
-                    result["launches"][key] = {"error": f"{type(e).__name__}: {e}"[:500]}
-                log(
-                    f"(b) {net} {key}: {result['launches'][key].get('per_step', 'failed')} per step"
-                )
-        write(result)
-    sub = argparse.Namespace(**{**vars(args), "share_seconds": 1.0 if args.quick else 3.0})
-    result["grid"] = grid(
-        sub,
-        plan=CHECK_PLAN,
-        log=lambda s: log("(c) " + s),
-        rows=check_rows(args.quick),
-        write=lambda g: (result.__setitem__("grid", g), write(result)),
-    )
-    with tempfile.TemporaryDirectory() as cache:  # compiled twice: a cold, then a warm cache
-        result["startup"] = {
-            "graphs_off": startup_cost(net, False, args.data, cache),
-            "graphs_on_cold_cache": startup_cost(net, True, args.data, cache),
-            "graphs_on_warm_cache": startup_cost(net, True, args.data, cache),
-        }
-    for k, v in result["startup"].items():
-        log(
-            f"(d) start-up, {k}: "
-            + ", ".join(f"{p} {s:.1f} s" for p, s in v.items() if isinstance(s, float))
-        )
-    result["seconds"] = time.perf_counter() - started
-    result["complete"] = True
-    write(result)
-    log(f"check done in {result['seconds']:.0f} s")
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
-# paper-scale figures
-
-
-def _hparams(config: dict, args) -> dict:
-    """The network's Table A1 hyperparameters from config.yaml; --epochs shortens (tests only)."""
-    hp = config_check.hparams(config, args.network)
-    if not args.epochs:
-        return hp
-    return {
-        **hp,
-        "epochs": args.epochs,
-        "milestones": [m for m in hp["milestones"] if m < args.epochs],
-    }
-
-
-def _job(root: Path, name: str, network, seed, data_path, hp, rt, eval_every, **kw) -> runs.Job:
-    w = root / name
-    return runs.Job(
-        network=network,
-        seed=seed,
-        data_path=data_path,
-        hparams=hp,
-        runtime=rt,
-        eval_every=eval_every,
-        workdir=str(w / "resume"),
-        out_final=str(w / "final.pt"),
-        out_metrics=str(w / "metrics.h5"),
-        threads=int(rt.get("threads", 2)),
-        **kw,
-    )
-
-
-def _final_acc(job) -> float:
-    import h5py
-
-    with h5py.File(job.out_metrics) as f:
-        return float(f["eval/accuracy"][-1])
-
-
-def accuracy(args, log=print) -> dict:
-    """ResNet-20 trained for the paper's 160 epochs, one seed at a time, as a job runs it (the
-    config's runtime: default precision, deterministic kernels)."""
-    config = cost.load_config([])
-    hp = _hparams(config, args)
-    rt = config["runtime"]
-    dev = device.select_from(rt)
-    out = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "precision": device.effective_precision(rt["precision"], dev),
-        "paper_table_a1": PAPER_RESNET20,
-        "runs": [],
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            job = _job(Path(tmp), f"s{seed}", args.network, seed, args.data, hp, rt, 16)
-            t = time.perf_counter()
-            runs.run(job, log=log)
-            out["runs"].append(
-                {"seed": seed, "accuracy": _final_acc(job), "wall_s": time.perf_counter() - t}
-            )
-    accs = [100 * r["accuracy"] for r in out["runs"]]
-    out["mean"], out["std"] = statistics.mean(accs), statistics.pstdev(accs)
-    log(
-        f"{args.network} {hp['epochs']:g} epochs on {out['device']} ({out['precision']}): "
-        f"{out['mean']:.2f} +- {out['std']:.2f}% (paper 91.5 +- 0.2), "
-        f"{statistics.median(r['wall_s'] for r in out['runs']):.0f} s per run"
-    )
-    return out
-
-
-def imp(args, log=print) -> dict:
-    """One seed of ResNet-20's IMP chains rewound to 0 and to 500, down to 16.8% of weights."""
-    config = copy.deepcopy(cost.load_config([]))
-    hp = _hparams(config, args)
-    rt = config["runtime"]
-    out = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "chains": {},
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        snaps = {k: str(root / f"dense_iter{k}.pt") for k in args.rewinds}
-        dense = _job(
-            root, "dense", args.network, args.seed, args.data, hp, rt, 160, snapshots=snaps
-        )
-        runs.run(dense, log=log)
-        out["dense"] = _final_acc(dense)
-        for k in args.rewinds:
-            prev_final, prev_mask, accs = dense.out_final, None, []
-            for level in range(1, args.levels + 1):
-                j = _job(
-                    root,
-                    f"k{k}/level{level}",
-                    args.network,
-                    args.seed,
-                    args.data,
-                    hp,
-                    rt,
-                    160,
-                    init=snaps[k],
-                    level=level,
-                    prune_from=(prev_final, prev_mask),
-                    out_mask=str(root / f"k{k}_m{level}.pt"),
-                    start_iteration=k if config["rewinding"]["schedule"] == "framework" else 0,
-                )
-                runs.run(j, log=log)
-                accs.append(_final_acc(j))
-                prev_final, prev_mask = j.out_final, j.out_mask
-            out["chains"][k] = {"accuracy_by_level": accs, "remaining": 0.8**args.levels}
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -668,12 +333,16 @@ def _grid_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--share-seconds", type=float, default=6.0)
     s.add_argument("--mps", action="store_true", help="start the CUDA MPS daemon first")
-    s.add_argument("--quick", action="store_true")
+    s.add_argument(
+        "--quick", action="store_true", help="tiny sizes (CPU tests; figures mean nothing)"
+    )
     s.add_argument("--out-dir", default="bench/out/gpu")
 
 
 def _parser() -> argparse.ArgumentParser:
     """The subcommands (module docstring) and their arguments."""
+    from pipeline_scripts.tools import gpu_check, lease
+
     p = argparse.ArgumentParser(
         prog="python -m pipeline_scripts.tools.gpu",
         description=__doc__,
@@ -683,27 +352,21 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("grid", "sizes", "all"):
         s = sub.add_parser(name)
         _grid_args(s)
-        s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-        s.add_argument("--with-imp", action="store_true", help="all: also the IMP chains (hours)")
-        s.add_argument("--network", default="resnet20", help="all: the accuracy/IMP network")
-        s.add_argument("--epochs", type=float, help="all: shorten accuracy/IMP runs (tests)")
-    s = sub.add_parser("check", help="the GPU check: CUDA tests, launches, img/s, start-up")
+        if name == "sizes":
+            s.add_argument("--from", dest="source", help="a grid or check JSON: read, not measure")
+    s = sub.add_parser("check", help="the GPU check within a time budget (tools/gpu_check.py)")
     _grid_args(s)
+    s.add_argument(
+        "--budget-s",
+        type=float,
+        default=gpu_check.DEFAULT_BUDGET_S,
+        help="seconds the whole check may take (it stops itself in time; exit 3: parts skipped)",
+    )
     s.add_argument("--skip-tests", action="store_true", help="leave out part (a)")
-    s = sub.add_parser("accuracy")
-    s.add_argument("--data", required=True)
-    s.add_argument("--network", default="resnet20")
-    s.add_argument("--epochs", type=float, help="override (tests); default: the paper's")
-    s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    s.add_argument("--out-dir", default="bench/out/gpu")
-    s = sub.add_parser("imp")
-    s.add_argument("--data", required=True)
-    s.add_argument("--network", default="resnet20")
-    s.add_argument("--epochs", type=float, help="override (tests); default: the paper's")
-    s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--rewinds", type=int, nargs="+", default=[0, 500])
-    s.add_argument("--levels", type=int, default=8)
-    s.add_argument("--out-dir", default="bench/out/gpu")
+    lease.add_arguments(sub.add_parser("lease", help="one GPU slot: check, then Table A1's runs"))
+    lease.add_imp_arguments(sub.add_parser("imp", help="Figure 1's headline at paper scale"))
+    s = sub.add_parser("table", help="a check's or grid's img/s rows as a Markdown table")
+    s.add_argument("file")
     s = sub.add_parser("worker")
     for flag in ("--network", "--precision", "--go", "--data"):
         s.add_argument(flag)
@@ -718,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _writer(outdir: Path, name: str):
+def writer(outdir: Path, name: str):
     """A function writing a result to ``<outdir>/<name>.json`` (atomically, by a rename)."""
 
     def to_file(result):
@@ -729,28 +392,60 @@ def _writer(outdir: Path, name: str):
     return to_file
 
 
+def sizes_yaml(sz: dict, where: str) -> str:
+    """``sizes`` as the lines of config.yaml's ``runtime`` block."""
+    lines = [f"  # measured: {where}"]
+    for key in ("minutes_per_run", "runs_per_job", "packing_speedup"):
+        lines.append(f"  {key}: {{" + ", ".join(f"{k}: {v}" for k, v in sz[key].items()) + "}")
+    return "\n".join(lines)
+
+
 def _grid_and_sizes(args, outdir: Path) -> None:
-    """``grid``, ``sizes`` and ``all``: the grid, the job sizes from it, and for ``all`` the cost
-    projection and (with ``--data``) the accuracy [and IMP] runs."""
-    if args.cmd == "sizes":  # only what a job runs: the config's precision and graphs switch
-        rt = cost.load_config([])["runtime"]
-        args.precisions, args.graphs, args.also = [rt["precision"]], [rt["cuda_graphs"]], []
-    with mps_daemon(args.mps):
-        result = grid(args, write=_writer(outdir, "grid"))
-    sz = sizes(result)
-    _writer(outdir, "sizes")(sz)
-    print("# config runtime: measured on " + result["device"])
-    print(json.dumps(sz, indent=1))
-    if args.cmd != "all":
+    """``grid``, ``sizes`` and ``all``: the grid (or, for ``sizes --from``, a file's rows), the
+    job sizes from it, and for ``all`` the protocol's GPU-hours projected from it."""
+    config = cost.load_config([])
+    rt = config["runtime"]
+    if args.cmd == "sizes" and args.source:
+        result = json.loads(Path(args.source).read_text())
+        where = f"{args.source} ({result.get('device', '?')})"
+    else:
+        if args.cmd == "sizes":  # only what a job runs: the config's precision and graphs switch
+            args.precisions, args.graphs, args.also = [rt["precision"]], [rt["cuda_graphs"]], []
+        with mps_daemon(args.mps):
+            result = grid(args, write=writer(outdir, "grid"))
+        where = result["device"]
+    try:
+        sz = sizes(result, rt, max_runs=len(config["seeds"]))
+    except RuntimeError as e:
+        print(f"no job sizes: {e}")
         return
-    est = cost.estimate(cost.load_config([]), cost.dag([]), result)
-    _writer(outdir, "cost")(est)
-    print(cost.report(est, result["device"]))
-    if args.data:
-        _writer(outdir, "accuracy")(accuracy(args))
-        if args.with_imp:
-            args.seed, args.rewinds, args.levels = args.seeds[0], [0, 500], 8
-            _writer(outdir, "imp")(imp(args))
+    writer(outdir, "sizes")(sz)
+    print(
+        f"# config.yaml runtime for {len(config['seeds'])} seeds, precision {rt['precision']}, "
+        f"cuda_graphs {str(rt['cuda_graphs']).lower()}:"
+    )
+    print(sizes_yaml(sz, where))
+    if args.cmd == "all":
+        est = cost.estimate(config, cost.dag([]), result)
+        writer(outdir, "cost")(est)
+        print(cost.report(est, result["device"]))
+
+
+def table(result: dict) -> str:
+    """A check's or grid's rows as a Markdown table: img/s per configuration."""
+    grid_ = result.get("grid", result)
+    lines = [
+        "| network | N | mode | precision | CUDA graphs | img/s | graphs ran |",
+        "| --- | ---: | --- | --- | --- | ---: | --- |",
+    ]
+    for r in grid_["rows"]:
+        img = "failed" if r.get("error") else f"{r['img_s']:,.0f}"
+        ran = {True: "yes", False: "no", None: "–"}[r.get("graphs_ran")]
+        lines.append(
+            f"| {r['network']} | {r['n']} | {r['mode']} | {r['precision']} | "
+            f"{'on' if r['cuda_graphs'] else 'off'} | {img} | {ran} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -758,27 +453,24 @@ def main(argv=None) -> int:
     if args.cmd == "worker":
         return worker(args)
     if args.cmd == "startup":
-        return startup(args)
+        from pipeline_scripts.tools import gpu_check
+
+        return gpu_check.startup(args)
+    if args.cmd == "table":
+        print(table(json.loads(Path(args.file).read_text())))
+        return 0
+    if args.cmd == "check":
+        from pipeline_scripts.tools import gpu_check
+
+        return gpu_check.main(args)
+    if args.cmd in ("lease", "imp"):
+        from pipeline_scripts.tools import lease
+
+        return lease.main(args)
     outdir = Path(args.out_dir)
     outdir.mkdir(parents=True, exist_ok=True)
-    if args.cmd == "check":
-        with mps_daemon(args.mps):
-            result = check(args, _writer(outdir, "check"))
-        return 0 if _check_passed(result) else 1
-    if args.cmd in ("grid", "sizes", "all"):
-        _grid_and_sizes(args, outdir)
-    elif args.cmd == "accuracy":
-        _writer(outdir, "accuracy")(accuracy(args))
-    elif args.cmd == "imp":
-        _writer(outdir, "imp")(imp(args))
+    _grid_and_sizes(args, outdir)
     return 0
-
-
-def _check_passed(result: dict) -> bool:
-    tests = result.get("tests", {}).get("tests", [])
-    bad_tests = [t for t in tests if t["outcome"] in ("failed", "error")]
-    bad_rows = [r for r in result.get("grid", {}).get("rows", []) if r.get("error")]
-    return not bad_tests and not bad_rows and result.get("complete", False)
 
 
 if __name__ == "__main__":

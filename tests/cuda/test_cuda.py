@@ -49,7 +49,8 @@ def _train(data_file, workdir, dev, steps=STEPS, seed=1, mask=None, losses=False
     ds = data.load(data_file, torch.device(dev))
     m = models.build(NET)
     models.initialise(m, rng.generator(seed, "init"))
-    o = train.RunOptions(seed=seed, log_every=5, precision=opts.pop("precision", "fp32"), **opts)
+    precision, graphs = opts.pop("precision", "fp32"), opts.pop("cuda_graphs", False)
+    o = train.RunOptions(seed=seed, log_every=5, precision=precision, cuda_graphs=graphs, **opts)
     r = train.train(
         m, ds, HP, o, workdir=workdir, mask=mask, log=lambda s: None, max_iterations=steps
     )
@@ -130,7 +131,7 @@ def test_two_grouped_runs_equal_two_single_runs(data_file, tmp_path, cpu_spread)
     for seed in (1, 2):
         m = models.build(NET)
         models.initialise(m, rng.generator(seed, "init"))
-        opts = train.RunOptions(seed=seed, log_every=10, precision="fp32")
+        opts = train.RunOptions(seed=seed, log_every=10, precision="fp32", cuda_graphs=False)
         batch.append(train.Run(m, ds, opts, tmp_path / f"g{seed}"))
         singles.append(_train(data_file, tmp_path / f"s{seed}", "cuda", seed=seed))
     train.train_runs(batch, HP, method="grouped", log=lambda s: None, max_iterations=STEPS)

@@ -11,7 +11,8 @@ from pipeline_scripts.tools import cost
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# snakemake -n, default config.yaml: 18,189 jobs in total.
+# snakemake -n, default config.yaml: training runs per rule; 15,453 jobs in total (ResNet-20's
+# seeds five to a job: runtime.runs_per_job).
 PAPER_RULES = {
     "train_dense": 25,
     "train_imp_level": 9100,
@@ -49,7 +50,7 @@ def test_paper_protocol_job_counts_match_snakemake(paper):
     assert paper["training_jobs_by_rule"] == PAPER_RULES
     assert paper["training_jobs"] == sum(PAPER_RULES.values()) == 17_725
     assert paper["measurement_jobs_by_rule"] == PAPER_MEASUREMENTS
-    assert paper["total_jobs"] == 18_189
+    assert paper["total_jobs"] == 15_453
 
 
 def test_paper_protocol_iterations(paper):
@@ -189,3 +190,27 @@ def test_group_rule_names_give_their_run_counts():
     assert cost._base_rule("train_imp_level_seeds1_2_3") == ("train_imp_level", 3)
     assert cost._base_rule("train_perturbed_v4g1") == ("train_perturbed", 4)
     assert cost._base_rule("train_perturbed_seeds4_5_v3g0") == ("train_perturbed", 6)
+
+
+def test_the_h200_hours_in_the_docs_are_the_estimate(paper_dag):
+    """docs/cost.md's H200-hours per family and in all are what tools.cost computes from the
+    committed H200 measurement for config.yaml (ResNet-18 at WRN-16-8's rates, as it says)."""
+    import json
+    import re
+
+    bench = json.loads((ROOT / "docs/measurements/2026-12-04-h200-gpu-check.json").read_text())
+    config = cost.load_config([ROOT / "config.yaml"])
+    est = cost.estimate(config, paper_dag, bench, assume={"resnet18": "wrn16_8"})
+    text = (ROOT / "docs/cost.md").read_text()
+    stated: dict[str, int] = {}  # rule -> hours (IMP's two families share a rule)
+    for m in re.finditer(r"^\| [^|]+ \| `(\w+)` \| [\d,]+ \| [\d,]+ \| ([\d,]+) \|$", text, re.M):
+        stated[m[1]] = stated.get(m[1], 0) + int(m[2].replace(",", ""))
+    by_rule: dict[str, float] = {}
+    for f in est["families"].values():
+        by_rule[f["rule"]] = by_rule.get(f["rule"], 0.0) + f["device_hours"]
+    assert len(stated) == 8  # every training rule
+    for rule, hours in stated.items():
+        assert abs(by_rule[rule] - hours) <= 1, rule  # each family's hours rounded
+    (total,) = re.findall(r"^\| \*\*all\*\* \|.*\| \*\*([\d,]+)\*\* \|$", text, re.M)
+    assert int(total.replace(",", "")) == round(est["device_hours"])
+    assert est["assumed"] == {"resnet18": "wrn16_8"}

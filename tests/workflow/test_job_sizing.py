@@ -12,6 +12,7 @@ OVERLAY = """
 runtime:
   runs_per_job: {resnet8_w4: 2, default: 1}
   minutes_per_run: {resnet8_w4: 10, default: 240}
+  packing_speedup: {resnet8_w4: 1.6}
   threads: 3
   mem_mb_per_thread: 1000
 """
@@ -37,9 +38,10 @@ def _plan(tmp_path, env_extra):
 
 def test_gpu_jobs_are_sized_by_one_function_for_one_and_n_runs(tmp_path):
     jobs = _plan(tmp_path, {"EARLYPHASE_SLURM_GPU_PARTITION": "gpuq"})
-    # one 160-epoch run = 10 min; dense x1.2 + 5; a level x runs + 5; Hessian x0.1 + 10
+    # one 160-epoch run = 10 min; dense x1.2 + 5; a level x runs / packing speed-up + 5;
+    # Hessian x0.1 + 10
     assert jobs["train_dense"]["runtime"] == str(int(10 * 1.2 + 5))
-    assert jobs["train_imp_level_seeds1_2"]["runtime"] == str(10 * 2 + 5)
+    assert jobs["train_imp_level_seeds1_2"]["runtime"] == str(int(10 * 2 / 1.6 + 5))
     assert jobs["hessian"]["runtime"] == str(int(10 * 0.1 + 10))
     for rule in ("train_dense", "train_imp_level_seeds1_2", "train_stability_copy", "hessian"):
         assert jobs[rule]["gpu"] == "1" and jobs[rule]["slurm_partition"] == "gpuq", rule
