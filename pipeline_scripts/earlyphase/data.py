@@ -12,10 +12,10 @@ Sources (``prepare(source=...)``)
 ``imagefolder``  A directory, or a tar archive of one (``.tar.gz``, ``.tgz``, ``.tar``; read in
                  memory, not extracted), laid out as ``train/<class>/<image>`` and
                  ``test/<class>/<image>`` (the tree may also sit inside one top-level folder).
-                 Directories are listed by ``torchvision.datasets.ImageFolder``, archives by the same
-                 rules: classes are the sorted class folder names, train and test must have the same
-                 ones, examples keep ImageFolder's order (class, folder, file name). Images are
-                 decoded with PIL and converted to RGB; every image must be 32x32.
+                 Directories and archives are listed by ``torchvision.datasets.ImageFolder``'s rules
+                 (without torchvision): classes are the sorted class folder names, train and test
+                 must have the same ones, examples keep ImageFolder's order (class, folder, file
+                 name). Images are decoded with PIL and converted to RGB; every image must be 32x32.
 ``synthetic``    A generated, seeded stand-in for tests and laptops (see ``_synthetic``).
 (The readers live in ``data_sources``; this module validates, subsets, writes and loads.)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import rng
+from . import folder_count, rng
 from .data_types import (
     CIFAR10_CLASSES,
     DOWNLOAD_TIMEOUT_S,
@@ -112,16 +112,29 @@ def _tree_root(directory: Path) -> Path:
 
 
 def _list_directory(split_dir: Path, shown: Path) -> Listing:
-    """List a split with torchvision's ImageFolder (its class order and file rules)."""
-    from torchvision.datasets import ImageFolder
-
+    """List a split with torchvision's ImageFolder rules (tests/unit/test_data.py compares them),
+    without torchvision, which a bare GPU image may lack: classes are the sorted sub-folders,
+    images the files with an image extension anywhere below a class folder (links followed),
+    ordered by class, then the walk's sorted folders, then file name."""
     try:
-        folder = ImageFolder(str(split_dir))
-    except (FileNotFoundError, OSError) as e:  # no class folders, or a class without images
+        classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    except OSError as e:
         raise DataError(f"{shown}: {split_dir.name}/ is not usable: {e}; {LAYOUT_HELP}") from e
-    items = [(f"{shown}: {os.path.relpath(p, split_dir.parent)}", p) for p, _ in folder.samples]
-    labels = np.array([label for _, label in folder.samples], dtype=np.int64)
-    return tuple(folder.classes), items, labels
+    if not classes:
+        raise DataError(f"{shown}: {split_dir.name}/ has no class folders; {LAYOUT_HELP}")
+    items, labels = [], []
+    for label, name in enumerate(classes):
+        found = [
+            os.path.join(root, f)
+            for root, _, files in sorted(os.walk(split_dir / name, followlinks=True))
+            for f in sorted(files)
+            if folder_count._is_image(f)
+        ]
+        if not found:
+            raise DataError(f"{shown}: {split_dir.name}/{name}/ has no images; {LAYOUT_HELP}")
+        items += [(f"{shown}: {os.path.relpath(p, split_dir.parent)}", p) for p in found]
+        labels += [label] * len(found)
+    return tuple(classes), items, np.array(labels, dtype=np.int64)
 
 
 def _list_archive(path: Path) -> dict[str, Listing]:
@@ -133,8 +146,6 @@ def _list_archive(path: Path) -> dict[str, Listing]:
     Same rules as ImageFolder: classes are the sorted sub-folders of train/ (test/), images are
     files with an image extension anywhere below a class folder, ordered by (folder, file name).
     """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
     files, dirs = {}, set()
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -142,7 +153,7 @@ def _list_archive(path: Path) -> dict[str, Listing]:
                 name = posixpath.normpath(member.name.lstrip("/"))
                 if member.isdir():
                     dirs.add(name)
-                elif member.isfile() and has_file_allowed_extension(name, IMG_EXTENSIONS):
+                elif member.isfile() and folder_count._is_image(name):
                     files[name] = tar.extractfile(member).read()
                 dirs.update(_ancestors(name))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:

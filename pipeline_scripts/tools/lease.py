@@ -48,7 +48,7 @@ from pipeline_scripts.tools import cost, gpu
 
 FORMAT = "earlyphase-lease/1"
 DEFAULT_BUDGET_S = 840.0  # 14 minutes: a 15-minute slot less the machine's start
-DEFAULT_CHECK_BUDGET_S = 240.0
+DEFAULT_CHECK_BUDGET_S = 300.0
 EXIT = {"ok": 0, "failed": 1, "stopped": 3}
 
 
