@@ -57,6 +57,14 @@ def crop_flip(
     """
     if pad == 0 and not bool(flip.any()):
         return x
+    return gather_crop_flip(x, dy, dx, flip, pad)
+
+
+def gather_crop_flip(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int
+) -> torch.Tensor:
+    """``crop_flip``'s gather, whatever the draws: without its shortcut for "nothing to do",
+    which reads the flips back to the host (``wholestep``: nothing is read back in a step)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
     ar_h = torch.arange(h, device=x.device)

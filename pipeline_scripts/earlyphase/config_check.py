@@ -293,7 +293,6 @@ def check(config: dict, cache_dir: str | Path | None = None, isolate: bool = Fal
             except OSError:  # a read-only directory only costs the next planning the check
                 pass
     _networks(config)
-    _runtime(config)
     _data_and_dense(config, cache_dir)
     _imp(config)
     _perturb(config)
@@ -416,18 +415,6 @@ def _networks(config: dict) -> None:
             TrainingHparams.from_dict(hparams(config, name))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"training (network {name})", str(e)) from e
-
-
-def _runtime(config: dict) -> None:
-    rt = config["runtime"]
-    batched = any(n > 1 for n in runs_per_job(config).values()) or rt.get("variants_per_job", 1) > 1
-    if rt.get("cuda_graphs") and rt.get("multirun_method") == "vmap" and batched:
-        raise ConfigError(
-            "runtime.multirun_method",
-            "vmap cannot run with runtime.cuda_graphs: true (CUDA graphs need the parameters at "
-            "fixed addresses, and vmap's stacked parameters are inputs the step mutates, so the "
-            "graphs would be skipped); use multirun_method: grouped, or cuda_graphs: false",
-        )
 
 
 def _data_and_dense(config: dict, cache_dir=None) -> None:

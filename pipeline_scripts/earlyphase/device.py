@@ -103,14 +103,11 @@ def kernels(dev: torch.device, *, compile: bool = False, cuda_graphs: bool = Fal
     }
 
 
-def check_compiler(dev: torch.device, *, compile: bool, cuda_graphs: bool) -> None:
-    """Fail at a job's start, naming the setting and the fix, when compiling needs a compiler
-    this machine lacks: Inductor builds C++ kernels on a CPU (``runtime.compile``) and Triton
-    builds its launcher with a C compiler on a GPU (``runtime.compile``, ``runtime.cuda_graphs``)
-    at first use -- otherwise the failure comes deep inside the first training step."""
-    if not (compile or cuda_graphs):
-        return
-    keys = " and ".join(k for k, on in (("compile", compile), ("cuda_graphs", cuda_graphs)) if on)
+def check_compiler(dev: torch.device) -> None:
+    """Before compiling (``runtime.compile``): fail at a job's start, naming the setting and the
+    fix, when this machine lacks the compiler Inductor needs -- a C++ compiler for its CPU kernels,
+    a C compiler for Triton's launcher on a GPU -- rather than deep inside the first training
+    step. (CUDA graphs alone need none: ``wholestep`` captures the traced step.)"""
     if torch.device(dev).type == "cuda":
         need, names = (
             "a C compiler (Triton builds its launcher with it)",
@@ -125,11 +122,11 @@ def check_compiler(dev: torch.device, *, compile: bool, cuda_graphs: bool) -> No
     found = shutil.which(env) if env else next(filter(None, map(shutil.which, names[1:])), None)
     if not found:
         raise RuntimeError(
-            f"runtime.{keys.replace(' and ', ' and runtime.')} is on, which needs {need}, and "
-            f"none was found ({'$' + names[0] + '=' + env if env else ', '.join(names[1:])} not "
-            f"on PATH on {socket.gethostname()}). Load or install one on the compute nodes (e.g. "
-            f"`module load gcc`, or `apt-get install gcc g++`) or set {names[0]}; or switch "
-            f"runtime.{keys.split(' and ')[0]} off."
+            f"runtime.compile is on, which needs {need}, and none was found "
+            f"({'$' + names[0] + '=' + env if env else ', '.join(names[1:])} not on PATH on "
+            f"{socket.gethostname()}). Load or install one on the compute nodes (e.g. `module "
+            f"load gcc`, or `apt-get install gcc g++`) or set {names[0]}; or switch "
+            "runtime.compile off."
         )
 
 

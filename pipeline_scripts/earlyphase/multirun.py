@@ -77,7 +77,7 @@ def masked_parameters(model: nn.Module, mask: dict | None):
 def _compiled(module, mode: str | None):
     """``torch.compile`` of a module or function, as every training step compiles."""
     # dynamic=False: the partial last batch of an epoch gets a graph of its own instead of turning
-    # every graph dynamic (and, with reduce-overhead, a CUDA graph per batch shape).
+    # every graph dynamic.
     devices.pin_cpu_vector_isa()
     return torch.compile(module, mode=mode, dynamic=False)
 
@@ -122,10 +122,21 @@ class Single:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
-    def logits(self, xs: Sequence[torch.Tensor], normalise, step: bool = False) -> torch.Tensor:
+    @property
+    def module(self) -> nn.Module:
+        """The one module holding every run's parameters and buffers."""
+        return self.model
+
+    def logits(
+        self, xs: Sequence[torch.Tensor], normalise, step: bool = False, call=None
+    ) -> torch.Tensor:
         """xs: one uint8 batch (B, C, H, W) in a list -> logits (1, B, classes); ``step``: the
-        training step's (compiled, when compiled) forward, else the eager model."""
-        return (self.forward if step else self.model)(normalise(xs[0])).unsqueeze(0)
+        training step's (compiled, when compiled) forward, else the eager model; ``call(module,
+        x)`` runs the module instead (``wholestep``: with the state it traces)."""
+        x = normalise(xs[0])
+        if call is not None:
+            return call(self.model, x).unsqueeze(0)
+        return (self.forward if step else self.model)(x).unsqueeze(0)
 
     def normaliser(self, hp: TrainingHparams, dev) -> augment.Normalise:
         return augment.Normalise(hp.mean, hp.std, dev)
@@ -277,11 +288,18 @@ class Grouped:
     def train(self, mode: bool = True) -> None:
         self.net.train(mode)
 
-    def logits(self, xs: Sequence[torch.Tensor], normalise, step: bool = False) -> torch.Tensor:
-        """xs: N uint8 batches (B, C, H, W) -> logits (N, B, classes); ``step`` as Single's."""
+    @property
+    def module(self) -> nn.Module:
+        return self.net
+
+    def logits(
+        self, xs: Sequence[torch.Tensor], normalise, step: bool = False, call=None
+    ) -> torch.Tensor:
+        """xs: N uint8 batches (B, C, H, W) -> logits (N, B, classes); ``step``, ``call`` as
+        Single's."""
         b, c, h, w = xs[0].shape
         x = normalise(torch.stack(xs, dim=1).view(b, self.n * c, h, w))
-        out = (self.forward if step else self.net)(x)
+        out = call(self.net, x) if call is not None else (self.forward if step else self.net)(x)
         return out.view(b, self.n, -1).transpose(0, 1)
 
     def normaliser(self, hp: TrainingHparams, dev) -> augment.Normalise:
@@ -320,10 +338,6 @@ class Vmapped:
         self._eager = self._forward = torch.vmap(call, in_dims=(0, 0, 0))
 
     def compile(self, mode: str | None = None) -> None:
-        if mode == "reduce-overhead":
-            # The stacked parameters and BatchNorm buffers are inputs, not module state, so
-            # CUDA graphs would be skipped ("mutated inputs"): refused (config_check, train).
-            raise ValueError("CUDA graphs cannot capture vmapped runs (runtime.multirun_method)")
         self._forward = _compiled(self._forward, mode)
 
     def load(self, states: Sequence[dict]) -> None:

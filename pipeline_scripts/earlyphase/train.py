@@ -12,8 +12,8 @@ Fast by construction: the data set is a uint8 tensor on the device, augmentation
 (``augment``), the models run channels_last (``RunOptions.precision``: fp32, tf32 or bf16
 autocast), masks are applied with two ``_foreach_mul_`` calls, the host synchronises only every
 ``log_every`` steps (to record the training loss and stop on a non-finite one) and at evaluations;
-``compile`` / ``cuda_graphs`` compile the training step's forward and backward passes (CUDA graphs
-on a GPU); evaluation and telemetry run the eager module.
+``compile`` (Inductor) and ``cuda_graphs`` (one CUDA graph a step, on a GPU) run the whole step as
+one graph (``wholestep``); evaluation and telemetry run the eager module.
 
 Resumable for any N: every ``checkpoint_seconds`` and on SIGTERM (SLURM pre-emption) the full state
 of every run goes to the first run's ``workdir/resume.pt``; a re-run continues from there with
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import augment, checkpoint, multirun, rng
+from . import augment, checkpoint, multirun, rng, wholestep
 from . import device as devices
 from .data import Dataset
 from .hparams import TrainingHparams
@@ -73,9 +73,10 @@ class RunOptions:
     log_every: int = 100  # steps between training-loss records / non-finite checks (host syncs)
     eval_batch_size: int = 250  # measured fastest on a 2-core CPU; bigger on GPUs is fine
     checkpoint_seconds: float = 600.0  # wall seconds between resume-state saves
-    compile: bool = False  # torch.compile the model (pays only for long runs on GPUs)
-    # CUDA graphs (torch.compile mode "reduce-overhead"): forward and backward replayed as graphs,
-    # for launch-bound small networks on GPUs (on by default: docs/gpu.md); no effect on a CPU.
+    compile: bool = False  # Inductor compiles the whole step (wholestep; the forward and
+    # backward only where the step cannot be one graph)
+    # CUDA graphs: the whole step captured in one CUDA graph and replayed (wholestep), for
+    # launch-bound small networks on GPUs (on by default: docs/gpu.md); no effect on a CPU.
     cuda_graphs: bool = True
     batch_fn: Callable | None = None  # (x_uint8, y, iteration) -> (x_uint8, y), after crop/flip
     eval_subset: int = 0  # >0: evaluations up to eval_subset_until use a fixed random test subset
@@ -232,22 +233,11 @@ def _evaluate_many(group, tests, normalise, batch_size: int, precision: str) -> 
     return [(lo / n, c / n) for lo, c in zip(loss.tolist(), correct.tolist(), strict=True)]
 
 
-def compile_mode(opts: RunOptions, device: torch.device) -> str | None:
-    """The torch.compile mode of the training step's forward and backward: "reduce-overhead"
-    (CUDA graphs) with ``cuda_graphs`` on a GPU, Inductor's "default" with ``compile``, else
-    None (eager). Evaluation and telemetry always run the eager module."""
-    if opts.cuda_graphs and device.type == "cuda":
-        return "reduce-overhead"
-    return "default" if opts.compile else None
-
-
-def _losses(out: torch.Tensor, ys: list) -> torch.Tensor:
-    """Each run's mean cross-entropy, (N,); for one run exactly ``F.cross_entropy(out, y)``."""
-    if len(ys) == 1:
-        return F.cross_entropy(out[0], ys[0]).unsqueeze(0)
-    y = torch.stack(ys)
-    per = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
-    return per.view(len(ys), -1).mean(1)
+def step_mode(opts: RunOptions, device: torch.device) -> tuple[bool, bool]:
+    """(compile, capture) of the training step: Inductor with ``compile``; one CUDA graph per
+    step with ``cuda_graphs`` on a GPU (``wholestep``). Evaluation and telemetry always run the
+    eager module."""
+    return bool(opts.compile), bool(opts.cuda_graphs and device.type == "cuda")
 
 
 def train_runs(
@@ -286,8 +276,7 @@ def train_runs(
     loop.t0 = time.perf_counter()
     with sigterm_flag() as sigterm:
         while loop.it < sched.stop:
-            xs, ys = loop.next_batch()
-            loop.step(xs, ys)
+            loop.advance()
             if on_step is not None:
                 on_step(loop.it)
             if loop.it in sched.snapshot_at:
@@ -390,12 +379,6 @@ def _set_up(
         Path(r.workdir).mkdir(parents=True, exist_ok=True)
     sched = _schedule(hp, opts, runs[0].data.train_x.shape[0], max_iterations)
     group, optimizer, mparams, mmasks = _batched(runs, hp, method, device)
-    if opts.cuda_graphs and device.type == "cuda" and method == "vmap" and len(runs) > 1:
-        raise ValueError(
-            "runtime.cuda_graphs with runtime.multirun_method vmap: CUDA graphs cannot capture "
-            "vmapped runs (their stacked parameters are inputs the step mutates); use "
-            "multirun_method grouped, or cuda_graphs false"
-        )
     precision = devices.effective_precision(opts.precision, device)
     devices.set_precision(precision)
     kernels = devices.kernels(device, compile=opts.compile, cuda_graphs=opts.cuda_graphs)
@@ -459,6 +442,7 @@ class _Loop:
     draw_epoch: int = field(init=False, default=-1)
     lr: float | None = field(init=False, default=None)  # the learning rate of the last step
     on_evaluate: Callable | None = field(init=False, default=None)  # train_runs' hook
+    whole: wholestep.WholeStep | None = field(init=False, default=None)  # the step as one graph
     t0: float = field(init=False, default=0.0)  # perf_counter when the training clock started
     last_save: float = field(init=False, default=0.0)  # monotonic time of the last save
 
@@ -531,18 +515,26 @@ class _Loop:
         return True
 
     def compile(self) -> None:
-        """Compile the training step's forward and backward as ``compile_mode`` says; evaluation
-        and telemetry keep the eager module."""
+        """Set the training step up as ``step_mode`` says: the whole step as one graph
+        (``wholestep``: compiled by Inductor, captured in a CUDA graph, or both) where the batch
+        allows it; else, with ``compile``, its forward and backward compiled; else eager."""
         opts, device = self.opts, self.device
-        mode = compile_mode(opts, device)
-        if mode is not None:
+        compile, capture = step_mode(opts, device)
+        if not (compile or capture):
+            return
+        if compile:
             import torch._inductor.config as inductor  # (device.configure leaves it unimported)
 
             inductor.deterministic = torch.are_deterministic_algorithms_enabled()
-            devices.check_compiler(
-                device, compile=opts.compile, cuda_graphs=mode == "reduce-overhead"
-            )
-            self.group.compile(None if mode == "default" else mode)
+            devices.check_compiler(device)
+        why = wholestep.unsupported(self.runs, self.group.method)
+        if why is None:
+            self.whole = wholestep.WholeStep(self, compile=compile, capture=capture)
+        elif compile:
+            self.log(f"compiling the forward and backward only: {why}")
+            self.group.compile(None)
+        else:
+            self.log(f"no CUDA graph: {why}; the step runs eagerly")
 
     def begin(self) -> None:
         """A batch starting afresh: telemetry, snapshot and evaluation at its start iteration."""
@@ -558,24 +550,31 @@ class _Loop:
         if start in self.sched.eval_at:
             self.evaluate()
 
+    def advance(self) -> None:
+        """One training step of every run: as one graph (``whole``) or in pieces."""
+        if self.whole is None:
+            xs, ys = self.next_batch()
+            self.step(xs, ys)
+            return
+        hp, sched = self.hp, self.sched
+        epoch, j = divmod(self.it, sched.ipe)
+        if epoch != self.draw_epoch:
+            self.whole.begin_epoch(wholestep.epoch_draws(self), j)
+            self.draw_epoch = epoch
+        b = min(hp.batch_size, sched.n - j * hp.batch_size)
+        self.lr = hp.lr_at(self.it, sched.n)  # (for messages; the graph looks its own up)
+        self.whole.step(b)
+        self.it += 1
+        for mt in self.metrics:
+            mt.images += b
+
     def next_batch(self) -> tuple[list, list]:
         """Each run's (images, labels) for step ``it``: its own data order and augmentation (drawn
         once per epoch), cropped and flipped, then its batch transform."""
         hp = self.hp
         epoch, j = divmod(self.it, self.sched.ipe)
         if epoch != self.draw_epoch:
-            self.draws = [
-                augment.draw_epoch(
-                    self.sched.n,
-                    r.opts.seed,
-                    epoch,
-                    hp.crop_padding,
-                    hp.flip,
-                    self.device,
-                    r.opts.data_stream,
-                )
-                for r in self.runs
-            ]
+            self.draws = wholestep.epoch_draws(self)
             self.draw_epoch = epoch
         sl = slice(j * hp.batch_size, (j + 1) * hp.batch_size)
         xs, ys = [], []
@@ -596,7 +595,7 @@ class _Loop:
             self.optimizer.lr = lr
         self.lr = lr
         with devices.autocast(self.device, self.precision):
-            losses = _losses(self.group.logits(xs, self.normalise, step=True), ys)
+            losses = wholestep.losses(self.group.logits(xs, self.normalise, step=True), ys)
         self.optimizer.zero_grad()
         (losses[0] if self.n_runs == 1 else losses.sum()).backward()
         recorder = self.recorder

@@ -61,10 +61,9 @@ def test_compiling_without_a_compiler_fails_at_the_start_naming_the_setting(monk
     monkeypatch.setattr(device.shutil, "which", lambda name: None)
     for var in ("CC", "CXX"):
         monkeypatch.delenv(var, raising=False)
-    device.check_compiler(torch.device("cpu"), compile=False, cuda_graphs=False)  # nothing asked
     with pytest.raises(RuntimeError, match="runtime.compile is on, which needs a C.. compiler"):
-        device.check_compiler(torch.device("cpu"), compile=True, cuda_graphs=False)
-    with pytest.raises(RuntimeError, match="runtime.cuda_graphs .*C compiler.*Triton"):
-        device.check_compiler(torch.device("cuda"), compile=False, cuda_graphs=True)
+        device.check_compiler(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="runtime.compile .*C compiler.*Triton"):
+        device.check_compiler(torch.device("cuda"))
     monkeypatch.setattr(device.shutil, "which", lambda name: f"/usr/bin/{name}")
-    device.check_compiler(torch.device("cpu"), compile=True, cuda_graphs=False)
+    device.check_compiler(torch.device("cpu"))

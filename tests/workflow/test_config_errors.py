@@ -131,8 +131,6 @@ MALFORMED = [
     ("runs_per_job_network_misspelt", "runtime: {runs_per_job: {resnet2O: 4}}", [],
      "config key runtime.runs_per_job.resnet2O"),
     ("runs_per_job_zero", "runtime: {runs_per_job: {resnet20: 0}}", [], "runs_per_job"),
-    ("vmap_with_cuda_graphs", "runtime: {cuda_graphs: true, multirun_method: vmap, "
-     "runs_per_job: 2}", [], "config key runtime.multirun_method"),
     ("minutes_per_run_misspelt", "runtime: {minutes_per_run: {resnt20: 4, default: 9}}", [],
      "config key runtime.minutes_per_run.resnt20"),
 ]  # fmt: skip
