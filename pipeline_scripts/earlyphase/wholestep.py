@@ -36,6 +36,10 @@ import torch.nn.functional as F
 
 from . import augment
 
+# What this process has built (the measuring tools read and reset it): graphs traced, compiled
+# by Inductor, captured in CUDA graphs.
+built = {"traced": 0, "compiled": 0, "captured": 0}
+
 
 def unsupported(runs: Sequence, method: str) -> str | None:
     """Why the runs of a batch cannot take their step as one graph, or None."""
@@ -221,6 +225,7 @@ class WholeStep:
     def _build(self, b: int) -> Callable[[], None]:
         """The callable taking one step of batch size ``b`` with the loop's state."""
         gm = self.trace(b, fused=not self.compile)
+        built["traced"] += 1
         run = gm
         if self.compile:
             from . import multirun
@@ -230,8 +235,11 @@ class WholeStep:
 
         if self.compile:  # compile now, on copies of the state (the first call takes a step)
             run(*self._copies(args))
+            built["compiled"] += 1
         if self.capture:
-            return _captured(run, args, self._copies)
+            replay = _captured(run, args, self._copies)
+            built["captured"] += 1
+            return replay
         return lambda: run(*args)
 
     @staticmethod

@@ -332,7 +332,7 @@ def throughput(bench: dict, runtime: dict | None = None) -> dict[str, dict]:
     time), or ``tools.gpu grid`` / ``check``'s (their rows; a check's grid is its ``grid``).
 
     Of a GPU file's rows only those of the configuration jobs run in are used: the config's
-    ``runtime.precision`` and ``runtime.cuda_graphs`` (``runtime``; None = the file's best rows),
+    ``runtime.precision``, ``cuda_graphs`` and ``compile`` (``runtime``; None = the file's rows),
     one process (single, or runs batched in-process as ``runtime.multirun_method`` does; never N
     processes sharing the device), no failed row. A network without such a row has no figure."""
     if "grid" in bench and "rows" not in bench:  # a tools.gpu check file
@@ -354,6 +354,9 @@ def throughput(bench: dict, runtime: dict | None = None) -> dict[str, dict]:
             for r in rows
             if r["precision"] == runtime.get("precision", "tf32")
             and bool(r["cuda_graphs"]) == bool(runtime.get("cuda_graphs", True))
+            # (a row from before the whole-step graph has no "compile": it counts for either)
+            and bool(r.get("compile", runtime.get("compile", False)))
+            == bool(runtime.get("compile", False))
             and r["mode"] in ("single", method)
         ]
     out = {}

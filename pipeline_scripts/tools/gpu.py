@@ -2,6 +2,7 @@
 job sizes a profile needs, and the table of a measurement (docs/gpu.md).
 
     python -m pipeline_scripts.tools.gpu check [--budget-s 360]  # tools/gpu_check.py
+    python -m pipeline_scripts.tools.gpu efficiency [--budget-s 480]   # tools/gpu_efficiency.py
     python -m pipeline_scripts.tools.gpu lease --out-dir D [--data F] [--budget-s 840]
     python -m pipeline_scripts.tools.gpu lease --continue D      # tools/lease.py
     python -m pipeline_scripts.tools.gpu grid      # img/s per network x N x precision x graphs
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline_scripts.earlyphase import data, device, models
+from pipeline_scripts.earlyphase import data, device, models, wholestep
 from pipeline_scripts.tools import bench, cost
 
 NETWORKS = models.PAPER_NETWORKS
@@ -83,7 +84,8 @@ def _peak(dev: torch.device, precision: str, plan: bench.Plan) -> float:
 
 
 def compiled_counts() -> dict:
-    """What Dynamo and Inductor did since the last ``torch._dynamo.reset()``."""
+    """What Dynamo, Inductor and the whole-step graphs (``wholestep.built``) did since the last
+    ``_fresh_compiler``."""
     from torch._dynamo.utils import counters
 
     return {
@@ -91,6 +93,7 @@ def compiled_counts() -> dict:
         "graphs": int(counters["stats"]["unique_graphs"]),
         "graph_breaks": int(sum(counters["graph_break"].values())),
         "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+        **{f"whole_steps_{k}": v for k, v in wholestep.built.items()},
     }
 
 
@@ -100,11 +103,13 @@ def _fresh_compiler() -> None:
 
     torch._dynamo.reset()
     counters.clear()
+    for k in wholestep.built:
+        wholestep.built[k] = 0
 
 
-def in_process(net, ds, n, precision, graphs, method, plan) -> float:
+def in_process(net, ds, n, precision, graphs, method, plan, compile=False) -> float:
     return bench.time_group(
-        net, ds, n, method, plan, cuda_graphs=graphs, compile=graphs, precision=precision
+        net, ds, n, method, plan, cuda_graphs=graphs, compile=compile, precision=precision
     ).median
 
 
@@ -151,7 +156,7 @@ def worker(args) -> int:
         warm = bench.Plan(
             warmup_steps=10, warmup_s=1.0, window_s=1.0, windows=1, max_other_cores=1e9
         )
-        kw = {"cuda_graphs": args.graphs, "compile": args.graphs, "precision": args.precision}
+        kw = {"cuda_graphs": args.graphs, "compile": args.compile, "precision": args.precision}
         bench.time_group(args.network, ds, 1, "grouped", warm.scaled(args.quick), **kw)
         print("ready", flush=True)
         while not Path(args.go).exists():
@@ -181,26 +186,32 @@ def measure_row(row: dict, ds, data_path, plan, peaks, fwd, args) -> dict:
             )
         else:
             method = "grouped" if row["mode"] == "single" else row["mode"]
+            if "deterministic" in row:  # this row's kernels; the jobs' again afterwards
+                device.configure(torch.get_num_threads(), row["deterministic"])
             img_s = in_process(
-                row["network"], ds, row["n"], row["precision"], row["cuda_graphs"], method, plan
+                row["network"],
+                ds,
+                row["n"],
+                row["precision"],
+                row["cuda_graphs"],
+                method,
+                plan,
+                compile=row.get("compile", False),
             )
         row.update(img_s=img_s, fraction_of_peak=3 * fwd * img_s / 1e9 / peaks[row["precision"]])
     except Exception as e:  # noqa: BLE001 - out of memory, compile errors: record, go on
         row.update(img_s=None, fraction_of_peak=None, error=f"{type(e).__name__}: {e}"[:500])
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    finally:
+        if "deterministic" in row:
+            configure(torch.get_num_threads())
     row["seconds"] = time.perf_counter() - t
     if row["mode"] != "processes":  # the workers' compilers are their own
         counts = compiled_counts()
         row["compiled"] = counts
-        # CUDA graphs ran when graphs were compiled and none was skipped; on a CPU the switch
-        # compiles in Inductor's default mode (no CUDA graphs exist there)
-        row["graphs_ran"] = bool(
-            row["cuda_graphs"]
-            and ds.train_x.device.type == "cuda"
-            and counts["graphs"] > 0
-            and counts["cudagraph_skips"] == 0
-        )
+        # the whole step captured in a CUDA graph (wholestep; CUDA only)
+        row["graphs_ran"] = counts["whole_steps_captured"] > 0
     return row
 
 
@@ -209,21 +220,23 @@ def grid_rows(args) -> list[dict]:
     for net in args.networks:
         for precision in args.precisions:
             for graphs in args.graphs:
-                for n in args.n:
-                    for mode in ["grouped", *args.also]:
-                        if mode == "processes" and (not args.processes or n == 1):
-                            continue
-                        if mode == "vmap" and (n == 1 or graphs):  # refused: see config_check
-                            continue
-                        rows.append(
-                            {
-                                "network": net,
-                                "n": n,
-                                "mode": mode if n > 1 else "single",
-                                "precision": precision,
-                                "cuda_graphs": graphs,
-                            }
-                        )
+                for compile in args.compile:
+                    for n in args.n:
+                        for mode in ["grouped", *args.also]:
+                            if mode == "processes" and (not args.processes or n == 1 or compile):
+                                continue
+                            if mode == "vmap" and (n == 1 or graphs or compile):  # never whole
+                                continue
+                            rows.append(
+                                {
+                                    "network": net,
+                                    "n": n,
+                                    "mode": mode if n > 1 else "single",
+                                    "precision": precision,
+                                    "cuda_graphs": graphs,
+                                    "compile": compile,
+                                }
+                            )
     return rows
 
 
@@ -258,10 +271,24 @@ def grid(args, log=print, write=lambda result: None, rows=None, plan=GPU_PLAN, e
     return out
 
 
+def step_kind(r: dict) -> str:
+    """How a row's step ran: rows measured before the whole-step graph (no ``compile`` key) had
+    their forward and backward compiled into CUDA graphs when ``cuda_graphs`` was on; kernels
+    chosen without determinism (cuDNN autotuning) say so."""
+    if "compile" not in r:
+        kind = "fwd+bwd Inductor, CUDA graphs" if r["cuda_graphs"] else "eager"
+    else:
+        parts = [
+            p for p, on in (("Inductor", r["compile"]), ("CUDA graph", r["cuda_graphs"])) if on
+        ]
+        kind = "whole step: " + ", ".join(parts) if parts else "eager"
+    return kind + (", autotuned" if r.get("deterministic") is False else "")
+
+
 def _row(r: dict, dev: str) -> str:
     head = (
         f"{dev}  {r['network']:<9} N={r['n']:<3} {r['mode']:<9} {r['precision']:<5} "
-        f"graphs={'on ' if r['cuda_graphs'] else 'off'} "
+        f"{step_kind(r):<30} "
     )
     if r.get("error"):
         return head + f"FAILED: {r['error']}"
@@ -329,6 +356,9 @@ def _grid_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--graphs", type=lambda v: v == "on", nargs="+", default=[False, True], help="on / off"
     )
+    s.add_argument(
+        "--compile", type=lambda v: v == "on", nargs="+", default=[False], help="on / off"
+    )
     s.add_argument("--also", nargs="*", default=["processes"], help="vmap, processes")
     s.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--share-seconds", type=float, default=6.0)
@@ -341,7 +371,7 @@ def _grid_args(s: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     """The subcommands (module docstring) and their arguments."""
-    from pipeline_scripts.tools import gpu_check, lease
+    from pipeline_scripts.tools import gpu_check, gpu_efficiency, lease
 
     p = argparse.ArgumentParser(
         prog="python -m pipeline_scripts.tools.gpu",
@@ -363,6 +393,10 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the whole check may take (it stops itself in time; exit 3: parts skipped)",
     )
     s.add_argument("--skip-tests", action="store_true", help="leave out part (a)")
+    s = sub.add_parser("efficiency", help="launches, one run, packing, kernel settings")
+    _grid_args(s)
+    s.add_argument("--budget-s", type=float, default=gpu_efficiency.DEFAULT_BUDGET_S)
+    s.add_argument("--cost", action="store_true", help="the protocol's GPU-hours (Snakemake)")
     lease.add_arguments(sub.add_parser("lease", help="one GPU slot: check, then Table A1's runs"))
     lease.add_imp_arguments(sub.add_parser("imp", help="Figure 1's headline at paper scale"))
     s = sub.add_parser("table", help="a check's or grid's img/s rows as a Markdown table")
@@ -371,6 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag in ("--network", "--precision", "--go", "--data"):
         s.add_argument(flag)
     s.add_argument("--graphs", action="store_true")
+    s.add_argument("--compile", action="store_true")
     s.add_argument("--quick", action="store_true")
     s.add_argument("--seconds", type=float, default=6.0)
     s = sub.add_parser("startup")
@@ -378,6 +413,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--network", default="resnet20")
     s.add_argument("--data", required=True)
     s.add_argument("--graphs", action="store_true")
+    s.add_argument("--compile", action="store_true")
     return p
 
 
@@ -435,15 +471,15 @@ def table(result: dict) -> str:
     """A check's or grid's rows as a Markdown table: img/s per configuration."""
     grid_ = result.get("grid", result)
     lines = [
-        "| network | N | mode | precision | CUDA graphs | img/s | graphs ran |",
+        "| network | N | mode | precision | step | img/s | graphs ran |",
         "| --- | ---: | --- | --- | --- | ---: | --- |",
     ]
     for r in grid_["rows"]:
         img = "failed" if r.get("error") else f"{r['img_s']:,.0f}"
         ran = {True: "yes", False: "no", None: "–"}[r.get("graphs_ran")]
         lines.append(
-            f"| {r['network']} | {r['n']} | {r['mode']} | {r['precision']} | "
-            f"{'on' if r['cuda_graphs'] else 'off'} | {img} | {ran} |"
+            f"| {r['network']} | {r['n']} | {r['mode']} | {r['precision']} | {step_kind(r)} | "
+            f"{img} | {ran} |"
         )
     return "\n".join(lines)
 
@@ -463,6 +499,10 @@ def main(argv=None) -> int:
         from pipeline_scripts.tools import gpu_check
 
         return gpu_check.main(args)
+    if args.cmd == "efficiency":
+        from pipeline_scripts.tools import gpu_efficiency
+
+        return gpu_efficiency.main(args)
     if args.cmd in ("lease", "imp"):
         from pipeline_scripts.tools import lease
 

@@ -48,10 +48,10 @@ DEFAULT_BUDGET_S = 360.0
 EXIT = {"ok": 0, "failed": 1, "skipped": 3}
 # The check's timing plan: ~5 s a configuration.
 CHECK_PLAN = bench.Plan(warmup_steps=10, warmup_s=1.0, window_s=1.0, windows=3, max_other_cores=1e9)
-# Expected seconds of a grid row that compiles (cold: ResNet-20 ~20 s, ResNet-56 ~70 s on the
-# 2026-12-04 H200) and of one that does not: a row expected not to fit its part's time left is
-# not started.
-ROW_COST_S = {"compiled": 20.0, "eager": 6.0}
+# Expected seconds of a grid row: compiling (cold: 20-70 s a graph on the 2026-12-04 H200, the
+# forward and backward only), tracing and capturing the whole step, eager; a row expected not to
+# fit its part's time left is not started.
+ROW_COST_S = {"compiled": 40.0, "graphs": 10.0, "eager": 6.0}
 
 
 # ---- (a) the CUDA-only tests ------------------------------------------------------------------
@@ -112,7 +112,9 @@ def cuda_tests(out_dir: Path, seconds: float, log=print) -> dict:
 # ---- (b) launches per step ------------------------------------------------------------------
 
 
-def launches_per_step(net: str, ds, graphs: bool, masked: bool, steps: int = 6) -> dict:
+def launches_per_step(
+    net: str, ds, graphs: bool, masked: bool, steps: int = 6, compile: bool = False
+) -> dict:
     """Part (b): device-kernel launches (CUDA: kernel and graph launch calls) or operators
     (CPU) per training step, from the profiler, after a warm-up."""
     from torch.profiler import ProfilerActivity, profile
@@ -122,7 +124,7 @@ def launches_per_step(net: str, ds, graphs: bool, masked: bool, steps: int = 6) 
     hp = bench._hparams(net, None)
     model = bench._model(net, 1, dev)
     mask = bench.sparse_mask(model, net) if masked else None
-    opts = train.RunOptions(seed=1, checkpoint_seconds=1e12, cuda_graphs=graphs, compile=graphs)
+    opts = train.RunOptions(seed=1, checkpoint_seconds=1e12, cuda_graphs=graphs, compile=compile)
     warm = 3
     counted = {}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -167,7 +169,7 @@ def startup(args) -> int:
     marks["device_ready"] = time.time() - t0
     model = bench._model(args.network, 1, dev)
     opts = train.options_from_runtime(
-        {**runtime, "cuda_graphs": args.graphs, "compile": args.graphs},
+        {**runtime, "cuda_graphs": args.graphs, "compile": args.compile},
         seed=1,
         checkpoint_seconds=1e12,
     )
@@ -181,13 +183,15 @@ def startup(args) -> int:
 
     hp = bench._hparams(args.network, None)
     bench.train_until_stopped(model, ds, hp, opts, on_step, network=args.network)
-    marks["first_step_done"] = steps[1]  # model built, first step compiled (graphs) and run
+    marks["first_step_done"] = steps[1]  # model built, first step traced/compiled/captured, run
     marks["steady_step"] = steps[3] - steps[2]
     print(json.dumps(marks), flush=True)
     return 0
 
 
-def startup_cost(network: str, graphs: bool, data_path: str, cache: str, timeout: float) -> dict:
+def startup_cost(
+    network: str, graphs: bool, compile: bool, data_path: str, cache: str, timeout: float
+) -> dict:
     """Part (d): run ``startup`` in a fresh process (as a job starts) and return its phases;
     ``cache``: the compilers' cache directory (Inductor's and Triton's), as the workflow sets it
     per run directory."""
@@ -196,7 +200,8 @@ def startup_cost(network: str, graphs: bool, data_path: str, cache: str, timeout
         "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
         "TRITON_CACHE_DIR": f"{cache}/triton",
     }
-    argv = ["startup", "--network", network, "--data", data_path] + (["--graphs"] if graphs else [])
+    argv = ["startup", "--network", network, "--data", data_path]
+    argv += (["--graphs"] if graphs else []) + (["--compile"] if compile else [])
     code = (
         "import time; t0 = time.time(); import sys; "
         "from pipeline_scripts.tools import gpu; "
@@ -223,25 +228,25 @@ def startup_cost(network: str, graphs: bool, data_path: str, cache: str, timeout
 
 def check_rows(quick: bool, runtime: dict) -> list[dict]:
     """Part (c)'s configurations, most needed first: every network in the jobs' configuration
-    (``runtime``'s precision and CUDA-graph switch: what sizes the jobs), ResNet-20's N = 8
-    batched and as 8 processes, then the other setting of the graphs switch and ResNet-20 in
-    bf16 (comparisons)."""
-    p, g = runtime["precision"], bool(runtime["cuda_graphs"])
+    (``runtime``'s precision, CUDA-graph and compile switches: what sizes the jobs), ResNet-20's
+    N = 8 batched and as 8 processes, then the comparisons: the step eager, compiled by Inductor
+    (and captured), and ResNet-20 in bf16."""
+    p, g, c = runtime["precision"], bool(runtime["cuda_graphs"]), bool(runtime["compile"])
     nets = ("resnet20", "resnet56", "vgg13", "wrn16_8")
-    rows = [(net, 1, "single", p, g) for net in nets]
-    rows += [("resnet20", 8, "grouped", p, g), ("resnet20", 8, "processes", p, False)]
-    rows += [(net, 1, "single", p, not g) for net in nets]
-    rows += [("resnet20", 1, "single", "bf16", True)]
+    rows = [(net, 1, "single", p, g, c) for net in nets]
+    rows += [("resnet20", 8, "grouped", p, g, c), ("resnet20", 8, "processes", p, False, False)]
+    rows += [(net, 1, "single", p, False, False) for net in nets]
+    rows += [(net, 1, "single", p, True, not c) for net in nets]
+    rows += [("resnet20", 1, "single", "bf16", g, c)]
     if quick:  # CPU: the narrow test network stands in for all, N = 2 for 8
-        rows = [("resnet8_w4", 1, "single", "fp32", gr) for gr in (False, True)]
-        rows += [("resnet8_w4", 2, m, "fp32", False) for m in ("grouped", "processes")]
-    keys = ("network", "n", "mode", "precision", "cuda_graphs")
+        rows = [("resnet8_w4", 1, "single", "fp32", False, cc) for cc in (False, True)]
+        rows += [("resnet8_w4", 2, m, "fp32", False, False) for m in ("grouped", "processes")]
+    keys = ("network", "n", "mode", "precision", "cuda_graphs", "compile")
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def _row_label(r: dict) -> str:
-    graphs = "graphs" if r["cuda_graphs"] else "eager"
-    return f"{r['network']} N={r['n']} {r['mode']} {r['precision']} {graphs}"
+    return f"{r['network']} N={r['n']} {r['mode']} {r['precision']} {gpu.step_kind(r)}"
 
 
 def check(args, write, log=print, clock=time.monotonic) -> dict:
@@ -280,7 +285,11 @@ def check(args, write, log=print, clock=time.monotonic) -> dict:
             for graphs, masked in part.items(keys, label=lambda k: _launch_key(*k)):
                 key = _launch_key(graphs, masked)
                 try:
-                    result["launches"][key] = launches_per_step(net, ds, graphs, masked)
+                    # (on a CPU, where CUDA graphs do nothing, the switch compiles instead)
+                    compile = graphs and dev.type == "cpu"
+                    result["launches"][key] = launches_per_step(
+                        net, ds, graphs, masked, compile=compile
+                    )
                 except Exception as e:  # noqa: BLE001
                     result["launches"][key] = {"error": f"{type(e).__name__}: {e}"[:500]}
                 log(
@@ -309,13 +318,15 @@ def check(args, write, log=print, clock=time.monotonic) -> dict:
             data.prepare(data_path, "synthetic", synthetic={"n_train": 512, "n_test": 128}, seed=0)
         result["startup"] = {}
         with tempfile.TemporaryDirectory() as cache, budget.part("startup") as part:
-            kinds = {
-                "graphs_off": False,
-                "graphs_on_cold_cache": True,
-                "graphs_on_warm_cache": True,
+            kinds = {  # (CUDA graphs, compile); the compiler caches are cold, then warm
+                "eager": (False, False),
+                "graphs": (True, False),
+                "compiled_cold_cache": (True, True),
+                "compiled_warm_cache": (True, True),
             }
             for kind in part.items(kinds):
-                phases = startup_cost(net, kinds[kind], data_path, cache, part.remaining())
+                graphs, compile = kinds[kind]
+                phases = startup_cost(net, graphs, compile, data_path, cache, part.remaining())
                 result["startup"][kind] = phases
                 log(
                     f"(d) start-up, {kind}: "
@@ -337,7 +348,8 @@ def _launch_key(graphs: bool, masked: bool) -> str:
 
 
 def _row_cost(row: dict) -> float:
-    return ROW_COST_S["compiled" if row["cuda_graphs"] else "eager"]
+    kind = "compiled" if row.get("compile") else "graphs" if row["cuda_graphs"] else "eager"
+    return ROW_COST_S[kind]
 
 
 def status(result: dict) -> str:

@@ -78,6 +78,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--epochs", type=float, help="shorten the schedule (tests); default: the paper's"
     )
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "tf32", "bf16"],
+        help="train in this precision instead of config.yaml's (bf16's effect on accuracy)",
+    )
     s.add_argument("--quick", action="store_true", help="the check on tiny sizes (CPU tests)")
 
 
@@ -142,6 +147,8 @@ class Lease:
                 "milestones": [m for m in hp["milestones"] if m < a.epochs],
             }
         runtime = {**config["runtime"], "checkpoint_seconds": a.save_every_s}
+        if a.precision:
+            runtime["precision"] = a.precision
         return {
             "network": a.network,
             "seeds": list(a.seeds),

@@ -193,3 +193,23 @@ def test_pruned_weights_stay_exactly_zero(data_file, tmp_path, graphs):
     final = _train(data_file, tmp_path / "m", "cuda", mask=mask, cuda_graphs=graphs)
     for name, keep in mask.items():
         assert torch.all(final[name][~keep.bool()] == 0), name
+
+
+def test_no_step_waits_for_the_gpu(data_file, tmp_path):
+    """CUDA's synchronisation check armed between two log points within an epoch: a step that
+    read a value back (or waited for the device) would raise."""
+    device.configure(2)
+    ds = data.load(data_file, torch.device("cuda"))
+    m = models.build(NET)
+    models.initialise(m, rng.generator(1, "init"))
+    o = train.RunOptions(seed=1, log_every=100, precision="tf32", cuda_graphs=True)
+
+    def on_step(it):  # steps 2..6 of the first epoch (8 steps) run with the check armed
+        torch.cuda.set_sync_debug_mode("error" if 2 <= it < 7 else "default")
+
+    try:
+        train.train(
+            m, ds, HP, o, workdir=tmp_path, log=lambda s: None, max_iterations=8, on_step=on_step
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -59,7 +59,9 @@ def test_config_job_sizes_are_the_committed_h200_measurements():
 def test_the_gpu_table_in_the_docs_is_the_committed_measurement():
     table = gpu.table(json.loads(H200.read_text()))
     assert table in (ROOT / "docs/gpu.md").read_text()
-    assert "| resnet20 | 1 | single | tf32 | on | 24,720 | yes |" in table
+    assert (
+        "| resnet20 | 1 | single | tf32 | fwd+bwd Inductor, CUDA graphs | 24,720 | yes |" in table
+    )
 
 
 def test_packed_rates_interpolate_between_measured_run_counts():
@@ -118,7 +120,7 @@ def test_gpu_grid_resets_dynamo_per_row_records_failures_and_writes_every_row(mo
     monkeypatch.setattr(gpu, "_fresh_compiler", lambda: resets.append(1))
     monkeypatch.setattr(gpu.device, "configure_from", lambda rt, t: configured.append((rt, t)))
 
-    def fake(net, ds, n, precision, graphs, method, plan):
+    def fake(net, ds, n, precision, graphs, method, plan, compile=False):
         if n == 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return 100.0 * n
@@ -148,9 +150,10 @@ def test_gpu_grid_compiled_rows_record_that_they_compiled():
     here) records its graphs in its own row's counters."""
     args = argparse.Namespace(quick=True, data=None, share_seconds=0.1)
     row = {"network": NET, "n": 1, "mode": "single", "precision": "fp32", "cuda_graphs": True}
-    out = gpu.grid(args, log=lambda s: None, rows=[row])
+    out = gpu.grid(args, log=lambda s: None, rows=[{**row, "compile": True}])
     (r,) = out["rows"]
     assert r["img_s"] > 0 and r["compiled"]["graphs"] >= 1 and r["graphs_ran"] is False
+    assert r["compiled"]["whole_steps_compiled"] >= 1  # the whole step, one graph per shape
 
 
 def test_gpu_tool_stops_what_it_started(monkeypatch):
@@ -247,16 +250,18 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     launches = r["launches"]
     assert set(launches) == {f"graphs_{g}_mask_{m}" for g in ("off", "on") for m in ("off", "on")}
     assert all(v["per_step"] > 0 for v in launches.values())
-    assert launches["graphs_on_mask_off"]["compiled"]["graphs"] >= 1
+    assert launches["graphs_on_mask_off"]["compiled"]["whole_steps_compiled"] >= 1
     rows = r["grid"]["rows"]
-    assert {(x["n"], x["mode"], x["cuda_graphs"]) for x in rows} == {
+    assert {(x["n"], x["mode"], x["compile"]) for x in rows} == {
         (1, "single", False),
         (1, "single", True),
         (2, "grouped", False),
         (2, "processes", False),
     }
     assert all(x["img_s"] > 0 for x in rows)
-    assert set(r["startup"]) == {"graphs_off", "graphs_on_cold_cache", "graphs_on_warm_cache"}
+    compiled = next(x for x in rows if x["compile"])["compiled"]
+    assert compiled["whole_steps_compiled"] >= 1 and compiled["graph_breaks"] == 0
+    assert set(r["startup"]) == {"eager", "graphs", "compiled_cold_cache", "compiled_warm_cache"}
     for phases in r["startup"].values():
         assert 0 < phases["imports"] <= phases["data_loaded"] <= phases["first_step_done"]
     parts = r["budget"]["parts"]
@@ -397,3 +402,41 @@ def test_the_gpu_tools_run_without_snakemake(tmp_path, lease_data):
         line for line in (ROOT / "envs/gpu-node.txt").read_text().splitlines() if line[:1].isalpha()
     ]
     assert need == ["pyyaml>=6", "jsonschema>=4"]
+
+
+def test_gpu_efficiency_runs_on_the_cpu(tmp_path):
+    """python -m pipeline_scripts.tools.gpu efficiency --quick: launches, one run, packing and
+    the kernel settings, within its budget, into one JSON with the job sizes it implies."""
+    assert gpu.main(["efficiency", "--quick", "--budget-s", "300", "--out-dir", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "efficiency.json").read_text())
+    assert r["status"] == "ok" and set(r["launches"]) == {"whole step", "eager"}
+    rows = r["grid"]["rows"]
+    kinds = {
+        (x["n"], x["mode"], x["precision"], x["compile"], x.get("deterministic", True))
+        for x in rows
+    }
+    assert {(1, "single", "fp32", False, True), (4, "grouped", "fp32", False, True)} <= kinds
+    assert (1, "single", "fp32", False, False) in kinds and (
+        1,
+        "single",
+        "bf16",
+        False,
+        True,
+    ) in kinds
+    assert r["sizes"]["minutes_per_run"]["resnet8_w4"] > 0
+
+
+def test_packing_stops_where_it_stops_paying():
+    from pipeline_scripts.tools import gpu_efficiency as eff
+
+    base = {"network": NET, "precision": "fp32", "cuda_graphs": True, "compile": False}
+    done = [
+        {**base, "n": 1, "mode": "single", "img_s": 100.0},
+        {**base, "n": 8, "mode": "grouped", "img_s": 400.0},
+    ]
+    assert eff._stops_growing(done, {**base, "n": 16, "mode": "grouped"}) is None
+    done.append({**base, "n": 16, "mode": "grouped", "img_s": 410.0})
+    assert "gained < 5 %" in eff._stops_growing(done, {**base, "n": 32, "mode": "grouped"})
+    done[-1] = {**base, "n": 16, "mode": "grouped", "img_s": None, "error": "OutOfMemoryError"}
+    assert eff._stops_growing(done, {**base, "n": 32, "mode": "grouped"}) == "N = 16 failed"
+    assert eff._stops_growing(done, {**base, "n": 1, "mode": "single"}) is None

@@ -101,7 +101,7 @@ NOT_RUN = [
         "the overhead measurement: needs the SLURM test cluster and test_slurm.py's overlay file",
     ),
     (r"pipeline_scripts\.tools\.overhead /tmp/slurm-oh/", "reads that measurement's run"),
-    (r"pipeline_scripts\.tools\.gpu (check|sizes|all) --out-dir", "needs a GPU"),
+    (r"pipeline_scripts\.tools\.gpu (check|sizes|all|efficiency) --out-dir", "needs a GPU"),
     (
         r"pipeline_scripts\.tools\.gpu lease --(out-dir|continue)",
         "160-epoch runs: needs a GPU (tests/unit/test_gpu.py runs the lease on tiny data)",
