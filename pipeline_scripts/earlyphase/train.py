@@ -644,9 +644,12 @@ class _Loop:
         t = time.perf_counter()
         which = 0 if it <= self.opts.eval_subset_until else 1
         sets = [pair[which] for pair in self.tests]
-        results = _evaluate_batch(
-            self.group, sets, self.normalise, self.opts.eval_batch_size, self.precision
-        )
+        if self.whole is not None:
+            results = self.whole.evaluate(sets, self.opts.eval_batch_size)
+        else:
+            results = _evaluate_batch(
+                self.group, sets, self.normalise, self.opts.eval_batch_size, self.precision
+            )
         dt = time.perf_counter() - t
         for i, (loss, acc) in enumerate(results):
             mt = self.metrics[i]

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment
+from . import device as devices
 
 # What this process has built (the measuring tools read and reset it): graphs traced, compiled
 # by Inductor, captured in CUDA graphs.
@@ -132,7 +133,8 @@ def step_function(loop, b: int, fused: bool) -> Callable:
         def call(module, x):
             return torch.func.functional_call(module, state, (x,))
 
-        per_run = losses(group.logits(xs, normalise, call=call), ys)
+        with devices.autocast(loop.device, loop.precision):  # as the eager step (bf16)
+            per_run = losses(group.logits(xs, normalise, call=call), ys)
         grads = list(torch.autograd.grad(per_run[0] if n_runs == 1 else per_run.sum(), params))
         with torch.no_grad():
             # each gradient in its parameter's strides, as .backward()'s AccumulateGrad leaves
@@ -161,6 +163,39 @@ def step_function(loop, b: int, fused: bool) -> Callable:
             j.add_(1)
 
     return step
+
+
+def eval_function(loop, b: int, batch: int) -> Callable:
+    """One evaluation batch of size ``b`` (at position ``k`` of batches of ``batch``) of every
+    run on its test set, added to the loss sums and correct counts: the operators of
+    ``train.evaluate`` (one run) and ``train._evaluate_many`` (runs batched)."""
+    group, normalise, n_runs = loop.group, loop.normalise, loop.n_runs
+    names = [n for n, _ in group.module.named_parameters()]
+    buffer_names = [n for n, _ in group.module.named_buffers()]
+
+    def evaluate(params, buffers, k, loss, correct, tests):
+        pos = k * batch + torch.arange(b, device=k.device)
+        xs = [x.index_select(0, pos) for x, _ in tests]
+        state = dict(zip(names, params, strict=True))
+        state.update(zip(buffer_names, buffers, strict=True))
+
+        def call(module, x):
+            return torch.func.functional_call(module, state, (x,))
+
+        with devices.autocast(loop.device, loop.precision):
+            out = group.logits(xs, normalise, call=call).float()
+        if n_runs == 1:
+            y = tests[0][1].index_select(0, pos)
+            loss.add_(F.cross_entropy(out[0], y, reduction="sum"))
+            correct.add_((out[0].argmax(1) == y).sum())
+        else:
+            y = torch.stack([t[1].index_select(0, pos) for t in tests])
+            ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+            loss.add_(ce.view(n_runs, -1).sum(1))
+            correct.add_((out.argmax(-1) == y).sum(1))
+        k.add_(1)
+
+    return evaluate
 
 
 class WholeStep:
@@ -195,7 +230,8 @@ class WholeStep:
         )
         self.data = [(r.data.train_x, r.data.train_y) for r in runs]
         self.schedule = lr_schedule(loop.hp, n, dev)
-        self.graphs: dict[int, Callable[[], None]] = {}  # batch size -> one step
+        self.graphs: dict = {}  # batch size -> one step; (test sets, batch size) -> evaluation
+        self.sums: dict = {}  # test sets -> their evaluation's position, loss and correct sums
 
     def inputs(self) -> tuple:
         loop = self.loop
@@ -276,6 +312,57 @@ class WholeStep:
         if graph is None:
             graph = self.graphs[b] = self._build(b)
         graph()
+
+    def evaluate(self, tests: list[tuple], batch: int) -> list[tuple]:
+        """Per run (mean cross-entropy, accuracy) on its test set ``tests[i]``, as
+        ``train._evaluate_batch`` computes them, one graph a batch (captured with the step's
+        CUDA graphs); one host sync."""
+        n = tests[0][0].shape[0]
+        key = (tuple(id(x) for x, _ in tests), batch)
+        if key not in self.sums:
+            dev, shape = self.loop.device, () if self.loop.n_runs == 1 else (self.loop.n_runs,)
+            self.sums[key] = (
+                torch.zeros((), dtype=torch.int64, device=dev),  # the batch's position
+                torch.zeros(shape, dtype=torch.float64, device=dev),  # summed cross-entropy
+                torch.zeros(shape, dtype=torch.int64, device=dev),  # correct predictions
+            )
+        sums = self.sums[key]
+        for t in sums:
+            t.zero_()
+        for b in [batch] * (n // batch) + ([n % batch] if n % batch else []):
+            graph = self.graphs.get((key, b))
+            if graph is None:
+                graph = self.graphs[(key, b)] = self._build_eval(tests, batch, b, sums)
+            graph()
+        _, loss, correct = sums
+        both = torch.stack([loss.reshape(-1), correct.reshape(-1).double()]).tolist()  # one sync
+        return [(lo / n, c / n) for lo, c in zip(*both, strict=True)]
+
+    def _build_eval(self, tests, batch: int, b: int, sums: tuple) -> Callable[[], None]:
+        """One evaluation batch of size ``b`` as a graph, traced with the networks in evaluation
+        mode (BatchNorm's running statistics), run as the training step's is."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        group = self.loop.group
+        args = (self.params, self.buffers, *sums, tests)
+
+        def copies(a):
+            return (a[0], a[1], *(t.clone() for t in a[2:5]), a[5])
+
+        group.train(False)
+        try:
+            gm = make_fx(eval_function(self.loop, b, batch))(*copies(args))
+        finally:
+            group.train(True)
+        run = gm
+        if self.compile:
+            from . import multirun
+
+            run = multirun._compiled(gm, None)
+            run(*copies(args))
+        if self.capture:
+            return _captured(run, args, copies)
+        return lambda: run(*args)
 
 
 def _captured(run, args, copies, cuda=torch.cuda) -> Callable[[], None]:

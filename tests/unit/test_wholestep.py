@@ -63,11 +63,18 @@ def _train(runs, whole: bool, steps=STEPS, on_step=lambda it: None):
 
 
 @pytest.mark.parametrize(
-    ("net", "n"), [("resnet8_w4", 1), ("resnet8_w4", 3), ("vgg11_w4", 2), ("resnet18_w8", 2)]
+    ("net", "n", "precision"),
+    [
+        ("resnet8_w4", 1, "fp32"),
+        ("resnet8_w4", 3, "fp32"),
+        ("vgg11_w4", 2, "fp32"),
+        ("resnet18_w8", 2, "fp32"),
+        ("resnet8_w4", 2, "bf16"),
+    ],
 )
-def test_the_traced_step_is_the_eager_step_bit_for_bit(dataset, tmp_path, net, n):
-    eager = _train(_runs(net, n, dataset, tmp_path / "eager"), whole=False)
-    whole = _train(_runs(net, n, dataset, tmp_path / "whole"), whole=True)
+def test_the_traced_step_is_the_eager_step_bit_for_bit(dataset, tmp_path, net, n, precision):
+    eager = _train(_runs(net, n, dataset, tmp_path / "eager", precision=precision), whole=False)
+    whole = _train(_runs(net, n, dataset, tmp_path / "whole", precision=precision), whole=True)
     for a, b in zip(eager.runs, whole.runs, strict=True):
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)  # weights and BatchNorm statistics
@@ -243,3 +250,18 @@ def test_steps_the_graph_cannot_take_say_why(dataset, tmp_path):
     assert "batch transform" in wholestep.unsupported([transform], "grouped")
     two = _runs("resnet8_w4", 2, dataset, tmp_path / "v")
     assert wholestep.unsupported(two, "vmap") == "vmapped runs"
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_evaluation_as_a_graph_is_the_eager_evaluation(dataset, tmp_path, n):
+    """The evaluation graphs (a batch of 10 and the partial last one of 4 of the 24 test images)
+    give every run's loss and accuracy exactly as the eager evaluation, and leave training mode
+    on."""
+    runs = _runs("resnet8_w4", n, dataset, tmp_path)
+    loop = _train(runs, whole=True, steps=4)
+    sets = [(dataset.test_x, dataset.test_y)] * n
+    whole = loop.whole.evaluate(sets, 10)
+    eager = train._evaluate_batch(loop.group, sets, loop.normalise, 10, loop.precision)
+    assert whole == eager and len(whole) == n
+    assert loop.whole.evaluate(sets, 10) == eager  # again, from zeroed sums
+    assert loop.group.module.training
