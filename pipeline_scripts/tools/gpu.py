@@ -308,27 +308,32 @@ def sizes(
     jobs run in (``runtime``'s precision and CUDA-graph setting; ``cost.throughput``):
     ``minutes_per_run`` (one 160-epoch run alone, +30 %), ``runs_per_job`` (the smallest measured
     N within 10 % of the best aggregate rate, at most ``max_runs``: a seed group holds at most
-    the config's seeds) and ``packing_speedup`` (that N's aggregate rate over one run's; ``rate``
-    interpolates an N that was not measured)."""
+    the config's seeds), ``packing_speedup`` (that N's aggregate rate over one run's; ``rate``
+    interpolates an N that was not measured) and ``variants_per_job`` (the rest of that N as
+    perturbation variants: the smallest over the networks)."""
     rates = cost.throughput(result, runtime)
     if not rates:
         raise RuntimeError(
             f"no successful row in the jobs' configuration (precision {runtime.get('precision')}, "
             f"cuda_graphs {runtime.get('cuda_graphs')}): nothing to size jobs from"
         )
-    minutes, per_job, speedup = {}, {}, {}
+    minutes, per_job, speedup, variants = {}, {}, {}, []
     for net, r in sorted(rates.items()):
         minutes[net] = round(n_train * epochs / r["train"] / 60 * margin, 1)
         points = {1: r["train"], **r["packed"]}
         best = max(points.values())
-        n = min(k for k, v in points.items() if v >= 0.9 * best)
-        n = min(n, max_runs) if max_runs else n
+        wanted = min(k for k, v in points.items() if v >= 0.9 * best)
+        n = min(wanted, max_runs) if max_runs else wanted
         per_job[net] = n
         speedup[net] = round(cost.rate(r, n) / r["train"], 2)
+        variants.append(max(1, wanted // n))  # the rest of the packing: perturbation variants
     return {
         "minutes_per_run": {**minutes, "default": max(minutes.values())},
         "runs_per_job": {**per_job, "default": 1},
         "packing_speedup": {**speedup, "default": 1},
+        # one number for all networks (the smallest): a perturbation job trains runs_per_job
+        # seeds x this many variants (its time limit is not scaled by packing_speedup)
+        "variants_per_job": min(variants),
     }
 
 
@@ -433,6 +438,7 @@ def sizes_yaml(sz: dict, where: str) -> str:
     lines = [f"  # measured: {where}"]
     for key in ("minutes_per_run", "runs_per_job", "packing_speedup"):
         lines.append(f"  {key}: {{" + ", ".join(f"{k}: {v}" for k, v in sz[key].items()) + "}")
+    lines.append(f"  variants_per_job: {sz['variants_per_job']}")
     return "\n".join(lines)
 
 
