@@ -22,9 +22,12 @@ SGD update, which Inductor cannot take as PyTorch's fused kernel (no meta kernel
 the same element-wise formula (``sgd_update``). A compiled graph fuses operators, so it agrees
 with the eager step to float rounding, like any other change of kernels.
 
+Evaluation runs the same way, one graph a batch (``eval_function``, ``WholeStep.evaluate``).
+
 What the graph does not take (``unsupported``): a pre-training task's batch transform (its random
 draws come per step from CPU generators), telemetry (it reads gradients inside the step) and
-vmapped runs. Those steps run in pieces, with only the forward and backward compiled.
+vmapped runs. Those steps run in pieces: eagerly, or with the forward and backward compiled
+(``runtime.compile``).
 """
 
 from __future__ import annotations
