@@ -34,7 +34,7 @@ hessian: {iterations: []}
 """
 TARGETS = [
     "results/resnet8_w4/summary/imp.h5",
-    "results/figures/figure1/resnet8_w4.png",  # group `summaries`: summarise + figure1
+    "results/figures/figure1/resnet8_w4.png",  # group `summaries`: summarise + plot_figure1
     "results/figures/figure3/resnet8_w4.png",  # group `telemetry`: telemetry_run + summary + fig 3
 ]
 
@@ -209,7 +209,7 @@ def test_accounting_shows_the_jobs_with_gpus_only_for_training(slurm_run, cluste
             assert ("gres/gpu=1" in row["ReqTRES"]) == (name in TRAINING), (name, row)
             assert name in row["Comment"], row  # the plugin's comment: rule_<name>_wildcards_...
         # Grouped jobs run one after another in their allocation, so their time limit is the sum
-        # of the members' (10 min each): summarise + figure1; telemetry_run + summary + figure3.
+        # of the members' (10 min each): summarise + plot_figure1; telemetry_run + summary + plot_figure3.
         limits = {name: acct[j]["Timelimit"] for j, name in submitted.items()}
         assert limits["summaries"] == "00:20:00" and limits["telemetry"] == "00:30:00", limits
     else:  # no accounting database: slurmctld still remembers finished jobs for MinJobAge

@@ -144,14 +144,14 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
     finally:
         plots.write_text(original)
     figures = {
-        "figure1",
-        "figure3",
-        "figure_a3",
-        "figure_perturb",
-        "figure9",
-        "figure10",
-        "figure_instability",
-        "figure_sharpness",
+        "plot_figure1",
+        "plot_figure3",
+        "plot_figure_a3",
+        "plot_figure_perturb",
+        "plot_figure9",
+        "plot_figure10",
+        "plot_instability",
+        "plot_sharpness",
     }
     assert set(counts) - {"total", "all"} == figures, counts
 
