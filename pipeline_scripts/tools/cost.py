@@ -598,7 +598,10 @@ def _device_name(bench: dict) -> str:
 def summary(est: dict, device_name: str) -> str:
     """The lines a user reads before starting: jobs, device-hours, disk."""
     h = est["device_hours"]
-    hours = f"{h:,.1f} {device_name or 'device'}-hours" if h is not None else "no device-hours"
+    hours = "no device-hours (no --bench)"
+    if h is not None:
+        hours = f"{h:,.1f}" if h >= 1 else f"{h:.2g}"
+        hours += f" {device_name or 'device'}-hours"
     disk_bytes = est["disk_bytes"]
     disk = f", {sum(disk_bytes.values()) / 1e9:,.2f} GB of results" if disk_bytes else ""
     return f"this command: {est['total_jobs']:,} jobs, {hours}{disk}"
@@ -656,7 +659,7 @@ def main(argv=None) -> int:
             "bench": args.bench,
         }
         jobs_ = plan.jobs(config, dag_jobs, files, rates)
-        path = plan.save(cmd.directory or Path.cwd(), cmd.targets, header, jobs_)
+        path = plan.save(cmd.directory or Path.cwd(), cmd.targets, header, jobs_, cmd.config)
         print(f"plan saved: {path} (python -m pipeline_scripts.tools.status reads it)")
     return 0
 

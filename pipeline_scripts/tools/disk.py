@@ -14,9 +14,9 @@ anything else                      ``SMALL_FILE``: metrics, summaries, figures, 
 =================================  =============================================================
 
 The per-tensor record is fitted to two networks' files (``TENSOR_RECORD``);
-tests/workflow/test_status.py checks the model against every file of the smoke run. Resume states
-(``resume/``: weights, momentum and generator state of each run of a running job) exist only
-while a job runs and are not counted. Needs torch (the networks are built on the meta device).
+tests/workflow/test_run_status.py checks the model against every file of the smoke run. Resume
+states (``resume/``: weights, momentum and generator state of each run of a running job) exist
+only while a job runs and are not counted. Needs torch (the networks are built on the meta device).
 """
 
 from __future__ import annotations

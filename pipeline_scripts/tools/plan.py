@@ -50,18 +50,25 @@ def jobs(
     return out
 
 
-def name_of(targets: list[str]) -> str:
-    """A plan's file name: its targets (``all`` for the default one), readable and safe."""
-    text = "+".join(targets) or "all"
-    return re.sub(r"[^\w.+-]+", "_", text)[:120]
+def name_of(targets: list[str], config: list[str] = ()) -> str:
+    """A plan's file name: its targets (``all`` for the default one) and --config entries (but
+    the data's, which changes no job), readable and safe: ``figure1+networks_resnet20_``."""
+    words = [*(targets or ["all"]), *(c for c in config if not c.startswith("data="))]
+    return re.sub(r"[^\w.+-]+", "_", "+".join(words))[:120]
 
 
-def save(run_dir: str | Path, targets: list[str], header: dict, job_list: list[dict]) -> Path:
-    """Write the plan of ``targets`` into ``run_dir``/plans/ (replacing that targets' earlier
-    plan: the latest command is the one that runs) and return its path."""
+def save(
+    run_dir: str | Path,
+    targets: list[str],
+    header: dict,
+    job_list: list[dict],
+    config: list[str] = (),
+) -> Path:
+    """Write the plan of ``targets`` with --config entries ``config`` into ``run_dir``/plans/
+    (replacing the same command's earlier plan) and return its path."""
     folder = Path(run_dir) / PLANS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name_of(targets)}.json"
+    path = folder / f"{name_of(targets, config)}.json"
     body = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

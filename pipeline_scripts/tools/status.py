@@ -273,8 +273,10 @@ def report(st: Status, window_hours: float = 24.0, failures_shown: int = 5, now=
                 "(squeue -j <id>)"
                 if ids
                 else ""
-            )  # fmt: skip
-        )
+            )
+            + ("" if st.lock else "; no Snakemake runs here, so they were interrupted: the same "
+               "command runs them again")
+        )  # fmt: skip
         for job, _ in st.running[:5]:
             lines.append(f"  {job['rule']}: {job['outputs'][0]}  log {_first(job['log'])}")
     if st.failures:

@@ -1,7 +1,7 @@
 """tools.status on a run directory laid out as Snakemake 9 leaves it: a plan, finished outputs,
 incomplete marks (with a SLURM job id), and Snakemake logs naming failed jobs -- one "Error in
 rule" and one failed group job, in the formats snakemake.logging writes. The smoke run itself,
-completed and killed part-way, is tests/workflow/test_status.py and test_killed_run.py."""
+completed and killed part-way, is tests/workflow/test_run_status.py and test_killed_run.py."""
 
 import base64
 import os
@@ -98,7 +98,7 @@ def test_status_report_gives_the_pace_eta_and_failures(tmp_path):
     assert status.pace(st, 24, NOW) == (pytest.approx(2.0), 2)
     text = status.report(st, 24, now=NOW)
     assert "ETA 2026-12-04 19:00 (7.0 h)" in text
-    assert "SLURM ids 4242" in text
+    assert "SLURM ids 4242" in text and "so they were interrupted" in text
     assert "log logs/r/seed1/imp/rewind0/level2/train.log: torch.OutOfMemoryError" in text
     assert "4241.log (missing)" in text  # named, not found: SLURM keeps it on the cluster
     assert "Snakemake: not running on this directory (no lock)" in text

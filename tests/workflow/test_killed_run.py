@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 from test_incremental import SMOKE, mtimes
-from test_status import smoke_plan
+from test_run_status import smoke_plan
 from test_workflow import ROOT, SNAKEMAKE, smk
 
 from pipeline_scripts.tools import status

@@ -156,7 +156,7 @@ def slurm_run(cluster):
         kind, name = re.search(r"/(rule|group)_(\w+)/", m[2]).groups()
         submitted[int(m[1])] = name if kind == "rule" else name.split("_")[0]
     out = Path(proc.args[proc.args.index("--directory") + 1])
-    return {"dir": out, "log": log, "submitted": submitted, "seconds": seconds}
+    return {"dir": out, "log": log, "submitted": submitted, "seconds": seconds, "args": proc.args}
 
 
 def _accounting(job_ids) -> dict[int, dict[str, str]]:
@@ -243,3 +243,18 @@ def test_outputs_are_complete(slurm_run):
     for fig in ("figure1", "figure3"):
         assert (res / "figures" / fig / "resnet8_w4.png").stat().st_size > 1000
     print(f"SLURM slice: {len(slurm_run['submitted'])} sbatch jobs in {slurm_run['seconds']:.0f} s")
+
+
+def test_status_of_the_slurm_run(slurm_run, capsys):
+    """tools.status on the run the SLURM executor made: every planned job done, none failed."""
+    from pipeline_scripts.tools import cost, status
+
+    args = slurm_run["args"]
+    files = args[args.index("--configfile") + 1 : args.index("--configfile") + 4]
+    plan_args = [*TARGETS, "--configfile", *files, "--directory", str(slurm_run["dir"])]
+    assert cost.main([*plan_args, "--save-plan"]) == 0
+    st = status.read(slurm_run["dir"])
+    total = {k: sum(r[k] for r in st.rows.values()) for k in ("jobs", "done", "failed", "running")}
+    assert total["jobs"] >= 8 and total["done"] == total["jobs"], total
+    assert total["failed"] == total["running"] == 0 and not st.lock
+    assert "every planned job is done" in status.report(st)
