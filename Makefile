@@ -40,9 +40,9 @@ smoke: $(STAMP)
 # prints what the experiment costs (jobs, device-hours at the measured H200 rates, disk; saved as
 # the run's plan for `make status`), then runs it (COST=1: only the cost). NET restricts the
 # networks, SEEDS=N runs the first N seeds (1..N); PROFILE is a directory of profiles/ (laptop by
-# default; slurm and local run the paper's protocol). The names are the Snakefile's target rules.
-EXPERIMENTS := table_a1 figure1 figure2 figure3 figure4 figure5 figure6 figure7 figure8 figure9 \
-	figure10 instability sharpness claims
+# default; slurm and local run the paper's protocol). The experiments are the Snakefile's target
+# rules (those whose input is experiment("<name>")) and the claims table.
+EXPERIMENTS := $(shell sed -n 's/^ *experiment("\([a-z0-9_]*\)"),$$/\1/p' Snakefile) claims
 PROFILE ?= laptop
 BENCH ?= docs/measurements/2026-12-04-h200-gpu-check.json
 ASSUME ?= resnet18=wrn16_8

@@ -25,6 +25,14 @@ PROFILES = {
 }
 
 
+def make_experiments() -> list[str]:
+    """The Makefile's EXPERIMENTS, as make expands it (its database; nothing run)."""
+    proc = subprocess.run(["make", "--no-print-directory", "-pRrq", ":"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    (line,) = re.findall(r"^EXPERIMENTS := (.*)$", proc.stdout, re.M)
+    return line.split()
+
+
 def test_every_experiment_has_a_target_rule_and_a_make_target():
     snakefile = (ROOT / "Snakefile").read_text()
     targets = (ROOT / "rules/targets.smk").read_text()
@@ -35,9 +43,7 @@ def test_every_experiment_has_a_target_rule_and_a_make_target():
                                re.M))  # fmt: skip
     assert all(rule == name for rule, name in targets_.items())
     assert set(targets_) | {"claims"} == set(names)  # claims: the table's own rule (report.smk)
-    makefile = (ROOT / "Makefile").read_text()
-    (listed,) = re.findall(r"^EXPERIMENTS := ((?:.*\\\n)*.*)$", makefile, re.M)
-    assert set(listed.replace("\\", " ").split()) == set(names)
+    assert set(make_experiments()) == set(names)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -66,8 +72,8 @@ def test_an_experiment_the_config_leaves_out_fails_naming_its_key(tmp_path):
 
 
 def _make_n(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-n", "-o", STAMP, *args], cwd=ROOT, capture_output=True,
-                          text=True)  # fmt: skip
+    return subprocess.run(["make", "--no-print-directory", "-n", "-o", STAMP, *args], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
 
 
 def test_make_experiment_costs_the_command_it_runs():
@@ -116,8 +122,34 @@ def test_cost_takes_a_snakemake_command(tmp_path, capsys):
     (jobs,) = re.findall(r"^this command: (\d+) jobs", text, re.M)
     # data, one dense run, its telemetry distances, the seeds' summary, the target
     assert int(jobs) == 5
-    assert "plan saved" in text and (tmp_path / "plans" / "figure2.json").is_file()
+    # one plan per command: another network's or seed's plan of the same figure is kept beside it
+    assert "plan saved" in text
+    assert (tmp_path / "plans" / "figure2+networks_resnet20_+seeds_2_.json").is_file()
     with pytest.raises(SystemExit, match="a config file is --configfile FILE"):
         cost.main(["--config", "config.yaml"])
     with pytest.raises(SystemExit, match="no profiles/paper/config.yaml"):
         cost.main(["--profile", "profiles/paper"])
+
+
+def test_the_readme_quick_path_costs_what_it_states(capsys):
+    """The README's figures for `make figure1 NET=resnet20 [SEEDS=2 PROFILE=slurm]`: what
+    tools.cost (docs/cost.md's command, the make target's) prints for them."""
+    h200 = ["--bench", "docs/measurements/2026-12-04-h200-gpu-check.json",
+            "--assume", "resnet18=wrn16_8"]  # fmt: skip
+    quick = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    for args, pattern in [
+        (["figure1", "--profile", "profiles/laptop", "--config", "networks=[resnet20]"],
+         r"Figure 1 for ResNet-20 is (\d+) jobs"),
+        (["figure1", "--profile", "profiles/slurm", "--config", "networks=[resnet20]",
+          "seeds=[1,2]"],
+         r"At paper scale the same figure for 2 seeds is (\d+) jobs: ([\d.]+) H200-hours and "
+         r"([\d.]+) GB"),
+    ]:  # fmt: skip
+        assert cost.main([*args, *h200]) == 0
+        (line,) = re.findall(r"^this command: .*$", capsys.readouterr().out, re.M)
+        jobs, hours, gb = re.fullmatch(
+            r"this command: (\d+) jobs, ([\d.]+) .*-hours, ([\d.]+) GB of results", line
+        ).groups()
+        (stated,) = re.findall(pattern, quick)
+        stated = (stated,) if isinstance(stated, str) else stated
+        assert stated == (jobs, hours, gb)[: len(stated)], (stated, line)
