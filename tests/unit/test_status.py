@@ -109,3 +109,19 @@ def test_status_report_gives_the_pace_eta_and_failures(tmp_path):
 def test_status_without_a_plan_says_how_to_make_one(tmp_path):
     with pytest.raises(SystemExit, match="no plan in .*make cost PROFILE=slurm"):
         status.read(tmp_path)
+
+
+def test_watch_redraws_until_interrupted(tmp_path, capsys, monkeypatch):
+    run_dir = _run_dir(tmp_path)
+    naps = []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(status.time, "sleep", sleep)
+    assert status.main([str(run_dir), "--watch", "5"]) == 0
+    out = capsys.readouterr().out
+    assert naps == [5.0, 5.0] and out.count("\033[H\033[2J") == 2  # two screens, then Ctrl-C
+    assert out.count("last failures (2 of 2") == 2
