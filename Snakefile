@@ -73,6 +73,71 @@ rule all:
         all_targets(),
 
 
-rule dense:
+# One target rule per experiment of the paper (rules/targets.smk: EXPERIMENTS), for the configured
+# networks and seeds: `snakemake --profile profiles/slurm figure1 --config networks=[resnet20]`, or
+# `make figure1 NET=resnet20` (which prints its cost first).
+
+
+rule table_a1:
     input:
-        dense_targets(),
+        experiment("table_a1"),
+
+
+rule figure1:
+    input:
+        experiment("figure1"),
+
+
+rule figure2:
+    input:
+        experiment("figure2"),
+
+
+rule figure3:
+    input:
+        experiment("figure3"),
+
+
+rule figure4:
+    input:
+        experiment("figure4"),
+
+
+rule figure5:
+    input:
+        experiment("figure5"),
+
+
+rule figure6:
+    input:
+        experiment("figure6"),
+
+
+rule figure7:
+    input:
+        experiment("figure7"),
+
+
+rule figure8:
+    input:
+        experiment("figure8"),
+
+
+rule figure9:
+    input:
+        experiment("figure9"),
+
+
+rule figure10:
+    input:
+        experiment("figure10"),
+
+
+rule instability:
+    input:
+        experiment("instability"),
+
+
+rule sharpness:
+    input:
+        experiment("sharpness"),

@@ -3,7 +3,7 @@
 # pre-training). Each lists its plotting code as an input, so editing it redraws only figures.
 
 
-rule figure1:
+rule plot_figure1:
     input:
         summary="results/{net}/summary/imp.h5",
         code=PLOTS_CODE,
@@ -21,10 +21,10 @@ rule figure1:
     conda:
         "../envs/pipeline.yaml"
     script:
-        "../pipeline_scripts/figure1.py"
+        "../pipeline_scripts/plot_figure1.py"
 
 
-rule figure_perturb:
+rule plot_figure_perturb:
     input:
         summaries=expand("results/{{net}}/summary/perturb_rewind{k}.h5", k=PERTURB_REWINDS),
         code=PLOTS_CODE,
@@ -48,10 +48,10 @@ rule figure_perturb:
         variants=VARIANTS,
         figure8_level=PERTURB["figure8_level"],
     script:
-        "../pipeline_scripts/figure_perturb.py"
+        "../pipeline_scripts/plot_figure_perturb.py"
 
 
-rule figure9:
+rule plot_figure9:
     input:
         summaries=expand("results/{{net}}/summary/pretrain_{task}.h5", task=PRE_TASKS),
         code=PLOTS_CODE,
@@ -73,10 +73,10 @@ rule figure9:
         epochs=PRE_EPOCHS,
         references=PRETRAIN["reference_rewinds"],
     script:
-        "../pipeline_scripts/figure9.py"
+        "../pipeline_scripts/plot_figure9.py"
 
 
-rule figure10:
+rule plot_figure10:
     input:
         summary="results/{net}/summary/sparse_pretrain.h5",
         code=PLOTS_CODE,
@@ -98,4 +98,4 @@ rule figure10:
         task=SPARSE["task"],
         epochs=SPARSE["epochs"],
     script:
-        "../pipeline_scripts/figure10.py"
+        "../pipeline_scripts/plot_figure10.py"

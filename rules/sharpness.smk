@@ -45,7 +45,7 @@ rule summarise_hessian:
         "../pipeline_scripts/summarise_hessian.py"
 
 
-rule figure_sharpness:
+rule plot_sharpness:
     input:
         summary="results/{net}/summary/hessian.h5",
         code=[PLOTS_CODE, PLOTS_BEYOND_CODE],
@@ -63,4 +63,4 @@ rule figure_sharpness:
     conda:
         "../envs/pipeline.yaml"
     script:
-        "../pipeline_scripts/figure_sharpness.py"
+        "../pipeline_scripts/plot_sharpness.py"

@@ -77,7 +77,7 @@ rule summarise_stability:
         "../pipeline_scripts/summarise_stability.py"
 
 
-rule figure_instability:
+rule plot_instability:
     input:
         summary="results/{net}/summary/stability.h5",
         code=[PLOTS_CODE, PLOTS_BEYOND_CODE],
@@ -95,4 +95,4 @@ rule figure_instability:
     conda:
         "../envs/pipeline.yaml"
     script:
-        "../pipeline_scripts/figure_instability.py"
+        "../pipeline_scripts/plot_instability.py"

@@ -1,3 +1,6 @@
+from snakemake.exceptions import WorkflowError
+
+
 # ---- runs of each figure: (series, level, seed, metrics path) ----------------------------------
 def _dense_runs(net):
     return [("dense", 0, s, f"results/{net}/seed{s}/dense/metrics.h5") for s in SEEDS]
@@ -84,18 +87,79 @@ def dense_targets():
     return expand("results/{net}/seed{seed}/dense/metrics.h5", net=NETWORKS, seed=SEEDS)
 
 
+# The paper's experiments, each the target of the Snakefile's rule of its name. Name -> (what it
+# reproduces, its files for the configured networks and seeds, the config key that leaves it out
+# when empty; None: always configured). Restricting networks and seeds (--config networks=[...] seeds=[...])
+# restricts every one of them.
+EXPERIMENTS = {
+    "table_a1": ("Table A1: the dense runs", dense_targets, None),
+    "figure1": ("Figures 1, A2: IMP with rewinding", lambda: _figures(["figure1"]), None),
+    "figure2": (
+        "Figure 2: the early-phase timeline",
+        lambda: expand("results/{net}/summary/timeline.txt", net=NETWORKS),
+        None,
+    ),
+    "figure3": (
+        "Figures 3, A3: early-phase telemetry",
+        lambda: _figures(["figure3"])
+        + expand("results/figures/figureA3.{ext}", ext=["pdf", "png"]),
+        None,
+    ),
+    **{
+        f"figure{n}": (
+            f"Figure {n} (A{n}): perturbations (Figures 4-8 share their runs)",
+            lambda n=n: _figures([f"figure{n}"]),
+            "perturb.run" if not VARIANTS else None,
+        )
+        for n in (4, 5, 6, 7, 8)
+    },
+    "figure9": (
+        "Figures 9, A9-A12: pre-training on other tasks",
+        lambda: _figures(["figure9"]),
+        "pretrain.tasks" if not PRE_TASKS else None,
+    ),
+    "figure10": (
+        "Figure 10: sparse pre-training",
+        lambda: _figures(["figure10"]),
+        "pretrain.sparse.kinds" if not SPARSE["kinds"] else None,
+    ),
+    "instability": (
+        "beyond the paper: instability analysis",
+        stability_targets,
+        "stability.rewind_iterations" if not STABILITY_REWINDS else None,
+    ),
+    "sharpness": (
+        "beyond the paper: top Hessian eigenvalue",
+        sharpness_targets,
+        "hessian.iterations" if not HESSIAN_ITS else None,
+    ),
+    "claims": (
+        "the claims table",
+        lambda: [f"results/claims/claims.{ext}" for ext in ("h5", "tsv", "html")],
+        None,
+    ),
+}
+
+
+def experiment(name):
+    """The input function of the experiment ``name``'s target, which lists its files, or, when the
+    config leaves the experiment out, stops naming the key (a target that would do nothing)."""
+    _, files, off = EXPERIMENTS[name]
+
+    def inputs(wildcards):
+        if off:
+            raise WorkflowError(
+                f"target {name}: this config runs none of it ({off} is empty); "
+                f"set {off} in your config overlay to run it"
+            )
+        return files()
+
+    return inputs
+
+
 def all_targets():
-    targets = dense_targets() + _figures(["figure1", "figure3"])
-    targets += ["results/figures/figureA3.pdf", "results/figures/figureA3.png"]
-    if VARIANTS:
-        targets += _figures([f"figure{n}" for n in (4, 5, 6, 7, 8)])
-    if PRE_TASKS:
-        targets += _figures(["figure9"])
-    if SPARSE["kinds"]:
-        targets += _figures(["figure10"])
-    targets += stability_targets() + sharpness_targets()  # beyond the paper
-    targets += [f"results/claims/claims.{ext}" for ext in ("h5", "tsv", "html")]
-    return targets
+    """Every experiment the config runs (the default target)."""
+    return [f for _, files, off in EXPERIMENTS.values() if not off for f in files()]
 
 
 # ---- the claims table's inputs (rules/report.smk) ---------------------------------------------

@@ -32,7 +32,7 @@ rule summarise_telemetry:
         "../pipeline_scripts/summarise_telemetry.py"
 
 
-rule figure3:
+rule plot_figure3:
     input:
         summary="results/{net}/summary/telemetry.h5",
         code=PLOTS_CODE,
@@ -50,10 +50,10 @@ rule figure3:
     conda:
         "../envs/pipeline.yaml"
     script:
-        "../pipeline_scripts/figure3.py"
+        "../pipeline_scripts/plot_figure3.py"
 
 
-rule figure_a3:
+rule plot_figure_a3:
     input:
         summaries=expand("results/{net}/summary/telemetry.h5", net=NETWORKS),
         code=PLOTS_CODE,
@@ -73,4 +73,4 @@ rule figure_a3:
     params:
         networks=NETWORKS,
     script:
-        "../pipeline_scripts/figure_a3.py"
+        "../pipeline_scripts/plot_figure_a3.py"

@@ -78,6 +78,15 @@ def paper_dag() -> list[tuple[str, dict]]:
 
 
 @pytest.fixture(scope="session")
+def paper_dag_files(paper_dag) -> list[dict[str, list[str]]]:
+    """Every job's output and log files of the paper's DAG, in ``paper_dag``'s order."""
+    from pipeline_scripts.tools import cost
+
+    proc, _ = SHARED["paper_dag"].result()
+    return cost.parse_dry_run_files(proc.stdout)
+
+
+@pytest.fixture(scope="session")
 def paper_job_counts(paper_dag) -> dict[str, int]:
     """{rule: runs} of the paper's DAG -- a seed-group job (``runtime.runs_per_job``) counted as
     its runs under its base rule (``tools.cost._base_rule``) -- with the "total" of its jobs."""

@@ -152,3 +152,55 @@ SHARED = {
     "smoke_session": SharedRun("smoke", _smoke_command, prepare=_smoke_data),
     "paper_dag": SharedRun("paper", _paper_command),
 }
+
+
+# ---- a run directory of any size, for tools.status ----------------------------------------------
+SNAKEMAKE_JOB = """[Fri Dec  4 10:00:00 2026]
+rule {rule}:
+    input: results/data/cifar10.h5
+    output: {outputs}
+    log: {log}
+    jobid: {jobid}
+    reason: Missing output files: {first}
+    resources: tmpdir=/tmp, runtime=60, gpu=1, mem_mb=6000
+"""
+
+
+def synthetic_run(run_dir: Path, jobs: list[dict], done: float, running: int, failed: int) -> None:
+    """A run directory as Snakemake leaves it part-way through ``jobs`` (a plan's job list): the
+    first ``done`` fraction of the jobs finished (empty output files, their logs, "Finished" in
+    Snakemake's log), the next ``running`` started (incomplete marks with SLURM job ids), the next
+    ``failed`` failed ("Error in rule" with their logs), the rest to run."""
+    import base64
+
+    real = [j for j in jobs if j["outputs"]]
+    n_done = int(done * len(real))
+    log = []
+    for i, job in enumerate(real[: n_done + running + failed]):
+        outs = job["outputs"]
+        log.append(SNAKEMAKE_JOB.format(rule=job["rule"], outputs=", ".join(outs), first=outs[0],
+                                        log=", ".join(job["log"]), jobid=i))  # fmt: skip
+        if i < n_done:
+            for out in outs:
+                (run_dir / out).parent.mkdir(parents=True, exist_ok=True)
+                (run_dir / out).touch()
+            log.append(f"[Fri Dec  4 10:00:00 2026]\nFinished jobid: {i} (Rule: {job['rule']})\n")
+        elif i < n_done + running:
+            for out in outs:
+                b64 = base64.urlsafe_b64encode(out.encode()).decode()
+                parts = [b64[k : k + 254] for k in range(0, len(b64), 254)]  # Snakemake's split
+                mark = run_dir.joinpath(".snakemake", "incomplete",
+                                        *("@" + p for p in parts[:-1]), parts[-1])  # fmt: skip
+                mark.parent.mkdir(parents=True, exist_ok=True)
+                mark.write_text(f'{{"external_jobid": "{1000 + i}"}}')
+        else:
+            log.append(
+                f"[Fri Dec  4 11:00:00 2026]\nError in rule {job['rule']}:\n    jobid: {i}\n"
+                f"    output: {', '.join(outs)}\n    log: {', '.join(job['log'])} (check log "
+                "file(s) for error details)\n"
+            )
+        for path in job["log"]:
+            (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / path).write_text("done\n")
+    (run_dir / ".snakemake" / "log").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".snakemake" / "log" / "2026-12-04T100000.0.snakemake.log").write_text("".join(log))

@@ -2,8 +2,11 @@
 
 Run::
 
-    python -m pipeline_scripts.tools.cost --config config.yaml [overlay.yaml ...]
-                                               [--bench bench/out/bench.json] [--device-name NAME]
+    python -m pipeline_scripts.tools.cost [TARGET ...] [--profile DIR] [--configfile FILE ...]
+        [--config KEY=VALUE ...] [--bench FILE] [--assume NET=MEASURED] [--save-plan]
+
+The targets, ``--profile``, ``--configfile`` and ``--config`` are a snakemake command's own
+(``command.py``), so the estimate is of exactly what that command would run.
 
 One source: the jobs are the DAG Snakemake itself builds for the config (``dag``: the job list of a
 dry run, ``snakemake -n``, in a scratch directory; about a minute for the paper's protocol), so the
@@ -66,6 +69,7 @@ import yaml
 
 from pipeline_scripts.earlyphase import runs, telemetry
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
+from pipeline_scripts.tools import disk
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config.schema.yaml"
 CIFAR10 = {"n_train": 50_000, "n_test": 10_000}
@@ -182,44 +186,78 @@ def data_sizes(config: dict) -> tuple[int, int]:
     return int(min(n_train, base["n_train"])), int(min(n_test, base["n_test"]))
 
 
-def dag(configfiles: list[str | Path], targets: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+def dag(
+    configfiles: list[str | Path], targets: tuple[str, ...] = (), config: tuple[str, ...] = ()
+) -> list[tuple[str, dict]]:
     """Every job of the DAG Snakemake builds for ``configfiles`` (merged in order over the
-    Snakefile's config.yaml) and ``targets`` (default: the default target), as (rule, wildcards),
-    read from a dry run in a scratch directory. The paper's DAG takes about a minute to plan."""
+    Snakefile's config.yaml), ``--config`` entries ``config`` and ``targets`` (default: the default
+    target), as (rule, wildcards), read from a dry run in a scratch directory. The paper's DAG takes
+    about a minute to plan."""
+    return parse_dry_run(dry_run(configfiles, targets, config))
+
+
+def dry_run(
+    configfiles: list[str | Path], targets: tuple[str, ...] = (), config: tuple[str, ...] = ()
+) -> str:
+    """The listing of ``dag``'s dry run (``parse_dry_run`` and ``parse_dry_run_files`` read it)."""
     with tempfile.TemporaryDirectory(prefix="cost-dag-") as scratch:
-        cmd = dag_command(configfiles, scratch, targets)
+        cmd = dag_command(configfiles, scratch, targets, config)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"snakemake -n failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return parse_dry_run(proc.stdout)
+    return proc.stdout
 
 
 def dag_command(
-    configfiles: list[str | Path], directory: str | Path, targets: tuple[str, ...] = ()
+    configfiles: list[str | Path],
+    directory: str | Path,
+    targets: tuple[str, ...] = (),
+    config: tuple[str, ...] = (),
 ) -> list[str]:
     """The dry run ``dag`` reads (run it from the repository root; ``parse_dry_run`` reads its
     standard output)."""
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(directory)]
-    cmd += ["--snakefile", str(ROOT / "Snakefile"), *targets]
-    return cmd + ["--configfile", *(str(Path(c).resolve()) for c in configfiles)]
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "1"]
+    cmd += ["--directory", str(directory), "--snakefile", str(ROOT / "Snakefile")]
+    if configfiles:
+        cmd += ["--configfile", *(str(Path(c).resolve()) for c in configfiles)]
+    return cmd + (["--config", *config] if config else [])
+
+
+def _job_blocks(text: str):
+    """(rule, the block's text) of every job a ``snakemake -n`` listing names (with a profile
+    that groups jobs, a group's members are listed indented under it)."""
+    for block in re.split(r"\n(?= *(?:local)?rule \w+:)", text):  # (a group's jobs indented)
+        m = re.match(r" *(?:local)?rule (\w+):", block)
+        if m:
+            yield m[1], block
 
 
 def parse_dry_run(text: str) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job a ``snakemake -n`` listing names; checked against the
     listing's own "Job stats" total, so a listing this parser misreads is an error, not a cost."""
     out = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        m = re.match(r"(?:local)?rule (\w+):", block)
-        if not m:
-            continue
+    for rule, block in _job_blocks(text):
         wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        out.append((m[1], dict(kv.split("=", 1) for kv in wc[1].split(", ")) if wc else {}))
+        out.append((rule, dict(kv.split("=", 1) for kv in wc[1].split(", ")) if wc else {}))
     totals = {int(t) for t in re.findall(r"^total\s+(\d+)$", text, re.M)}
     if totals and totals != {len(out)}:
         raise ValueError(
             f"read {len(out)} jobs from the dry run but its Job stats say {sorted(totals)}: "
             "the snakemake -n listing changed format; fix cost.parse_dry_run"
         )
+    return out
+
+
+def parse_dry_run_files(text: str) -> list[dict[str, list[str]]]:
+    """{"output": [...], "log": [...]} of every job of a ``snakemake -n`` listing, in the order
+    of ``parse_dry_run`` (a dry run with ``--quiet`` lists no files)."""
+    out = []
+    for _, block in _job_blocks(text):
+        files = {}
+        for key in ("output", "log"):
+            m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
+            files[key] = m[1].split(", ") if m else []
+        out.append(files)
     return out
 
 
@@ -231,21 +269,16 @@ def _base_rule(rule: str) -> tuple[str, int]:
     return m[1], seeds * (int(m[3]) if m[3] else 1)
 
 
-def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
-    """The runs of every training, interpolation and Hessian job of ``dag_jobs`` (``dag``):
-    family, network, hyperparameters, start in the schedule, images and evaluated images."""
-    tr, pre, tel = config["training"], config["pretrain"], config["telemetry"]
-    every = config["evaluation"]["every_epochs"]
-    rewinding = config["rewinding"]
-    n_train, n_test = data_sizes(config)
-    hps = {n: {**tr["defaults"], **tr["per_network"].get(n, {})} for n in config["networks"]}
-    sparse_epochs = float(pre["sparse"]["epochs"])
-    # (family, net, k, pre_epochs, hp epochs, telemetry, runs per job) -> runs
-    runs_of: dict[tuple, int] = defaultdict(int)
+def _run_keys(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[tuple | None]:
+    """Each DAG job's (family, net, k, pre_epochs, epochs, telemetry, runs per job): what its
+    runs cost depends on only these; None for the jobs that train and measure nothing."""
+    sparse_epochs = float(config["pretrain"]["sparse"]["epochs"])
+    keys = []
     for rule, w in dag_jobs:
         base, count = _base_rule(rule)
         family = FAMILY_OF_RULE.get(base)
         if family is None:
+            keys.append(None)
             continue
         k, pre_epochs, epochs = int(w.get("k", 0)), 0.0, None
         if base == "train_imp_level":
@@ -262,43 +295,79 @@ def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
             k, epochs = 0, sparse_epochs
         elif base == "sparse_train" and w["start"] == "pretrained":
             pre_epochs = sparse_epochs
-        runs_of[(family, w["net"], k, pre_epochs, epochs, base == "train_dense", count)] += count
-    out = []
-    for (family, net, k, pre_epochs, epochs, telemetry_, per_job), count in runs_of.items():
-        if family in MEASUREMENT_FAMILIES:
-            out.append(_measurement(family, net, hps[net], count, config, n_train, n_test))
-            continue
-        hp_dict = hps[net] if epochs is None else {**hps[net], **pre["hparams"], "epochs": epochs}
-        hp = TrainingHparams.from_dict(hp_dict)
-        ipe, total = hp.iterations_per_epoch(n_train), hp.total_iterations(n_train)
-        start = (k if rewinding["schedule"] == "framework" else 0) + round(
-            (pre_epochs if rewinding["pretrained"] == "framework" else 0.0) * ipe
+        keys.append((family, w["net"], k, pre_epochs, epochs, base == "train_dense", count))
+    return keys
+
+
+def _run(config: dict, key: tuple, n_train: int, n_test: int) -> dict:
+    """One run of the runs that share ``key`` (``_run_keys``): family, network, hyperparameters,
+    start in the schedule, iterations, images, evaluated images, telemetry points."""
+    family, net, k, pre_epochs, epochs, telemetry_, per_job = key
+    tr, pre, tel = config["training"], config["pretrain"], config["telemetry"]
+    hp_net = {**tr["defaults"], **tr["per_network"].get(net, {})}
+    if family in MEASUREMENT_FAMILIES:
+        return _measurement(family, net, hp_net, 1, config, n_train, n_test)
+    hp_dict = hp_net if epochs is None else {**hp_net, **pre["hparams"], "epochs": epochs}
+    hp = TrainingHparams.from_dict(hp_dict)
+    ipe, total = hp.iterations_per_epoch(n_train), hp.total_iterations(n_train)
+    rewinding = config["rewinding"]
+    start = (k if rewinding["schedule"] == "framework" else 0) + round(
+        (pre_epochs if rewinding["pretrained"] == "framework" else 0.0) * ipe
+    )
+    extra = []
+    if telemetry_:
+        extra = telemetry.schedule(
+            min(int(tel["iterations"]), total), int(tel["dense_until"]), int(tel["points"])
         )
-        extra = []
-        if telemetry_:
-            extra = telemetry.schedule(
-                min(int(tel["iterations"]), total), int(tel["dense_until"]), int(tel["points"])
-            )
-        evals = [it for it in runs.eval_schedule(total, ipe, every, [start, *extra]) if it >= start]
-        subset = min(int(tel["eval_subset"] or n_test), n_test) if telemetry_ else n_test
-        out.append(
-            {
-                "family": family,
-                "network": net,
-                "hparams": hp_dict,
-                "count": count,
-                "per_job": per_job,
-                "telemetry": telemetry_,
-                "start": start,
-                "iterations": total - start,
-                "images": _images(total, ipe, n_train, hp.batch_size)
-                - _images(start, ipe, n_train, hp.batch_size),
-                "eval_images": sum(
-                    subset if it <= tel["eval_subset_until"] else n_test for it in evals
-                ),
-            }
-        )
-    return out
+    every = config["evaluation"]["every_epochs"]
+    evals = [it for it in runs.eval_schedule(total, ipe, every, [start, *extra]) if it >= start]
+    subset = min(int(tel["eval_subset"] or n_test), n_test) if telemetry_ else n_test
+    return {
+        "family": family,
+        "network": net,
+        "hparams": hp_dict,
+        "count": 1,
+        "per_job": per_job,
+        "telemetry": telemetry_,
+        "telemetry_points": len(extra),
+        "start": start,
+        "iterations": total - start,
+        "images": _images(total, ipe, n_train, hp.batch_size)
+        - _images(start, ipe, n_train, hp.batch_size),
+        "eval_images": sum(subset if it <= tel["eval_subset_until"] else n_test for it in evals),
+    }
+
+
+def jobs(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict]:
+    """The runs of every training, interpolation and Hessian job of ``dag_jobs`` (``dag``), one
+    entry per kind of run with its ``count``: family, network, hyperparameters, start in the
+    schedule, images and evaluated images of one run."""
+    n_train, n_test = data_sizes(config)
+    counts: dict[tuple, int] = defaultdict(int)
+    for key in _run_keys(config, dag_jobs):
+        if key is not None:
+            counts[key] += key[-1]
+    return [{**_run(config, key, n_train, n_test), "count": c} for key, c in counts.items()]
+
+
+def per_job(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[dict | None]:
+    """Each DAG job's runs (``jobs``' entry with ``count`` = the runs of that one job), or None
+    for a job that trains and measures nothing (data, telemetry distances, summaries, figures)."""
+    n_train, n_test = data_sizes(config)
+    keys = _run_keys(config, dag_jobs)
+    runs_of = {key: _run(config, key, n_train, n_test) for key in set(keys) - {None}}
+    return [None if key is None else {**runs_of[key], "count": key[-1]} for key in keys]
+
+
+def seconds(run: dict, rates: dict) -> float | None:
+    """Device-seconds of ``run['count']`` runs of one kind in jobs of ``run['per_job']`` runs at
+    ``rates`` (``throughput``); None without a figure for its network."""
+    r = rates.get(run["network"])
+    if r is None:
+        return None
+    train_rate = rate(r, run["per_job"])  # N runs in one job at the rate of N runs together
+    eval_rate = r["eval"] or 3 * train_rate  # forward only ~ 1/3 of a training step
+    return run["count"] * (run["images"] / train_rate + run["eval_images"] / eval_rate)
 
 
 def _measurement(family, net, hp, count, config, n_train, n_test) -> dict:
@@ -317,6 +386,7 @@ def _measurement(family, net, hp, count, config, n_train, n_test) -> dict:
         "network": net,
         "hparams": hp,
         "telemetry": False,
+        "telemetry_points": 0,
         "count": count,
         "per_job": 1,
         "start": 0,
@@ -324,6 +394,12 @@ def _measurement(family, net, hp, count, config, n_train, n_test) -> dict:
         "images": images,
         "eval_images": eval_images,
     }
+
+
+def job_disk(config: dict, dag_job: tuple[str, dict], run: dict | None, files: dict) -> int:
+    """Bytes of one DAG job's outputs (``disk``), its runs ``run`` (``per_job``) or None."""
+    points = run["telemetry_points"] if run else 0
+    return disk.job_bytes(files["output"], dag_job[1].get("net"), config, points)
 
 
 def throughput(bench: dict, runtime: dict | None = None) -> dict[str, dict]:
@@ -389,44 +465,52 @@ def rate(r: dict, n: int) -> float:
     return points[below] + (points[hi] - points[below]) * (n - below) / (hi - below)
 
 
-def estimate(
-    config: dict,
-    dag_jobs: list[tuple[str, dict]],
-    bench: dict | None = None,
-    assume: dict[str, str] | None = None,
-) -> dict:
-    """Runs, iterations, images and device-hours of ``dag_jobs`` (``dag``) under ``config``.
-    ``assume`` ({network: measured network}) costs a network the benchmark did not measure at
-    another's rates, an estimate the result names (``assumed``)."""
+def rates_for(config: dict, bench: dict | None, assume: dict[str, str] | None) -> tuple[dict, dict]:
+    """(network -> ``throughput`` entry, the assumptions used) of a measurement file for the
+    config's jobs; ``assume`` ({network: measured network}) costs a network the file did not
+    measure at another's rates."""
     rates = throughput(bench, config["runtime"]) if bench else {}
     assume = {n: m for n, m in (assume or {}).items() if n not in rates}
     for net, like in assume.items():
         if like not in rates:
             raise ValueError(f"--assume {net}={like}: the benchmark has no figure for {like}")
         rates[net] = rates[like]
+    return rates, assume
+
+
+def estimate(
+    config: dict,
+    dag_jobs: list[tuple[str, dict]],
+    bench: dict | None = None,
+    assume: dict[str, str] | None = None,
+    files: list[dict] | None = None,
+) -> dict:
+    """Runs, iterations, images, device-hours and, given each job's ``files``
+    (``parse_dry_run_files``), the disk of ``dag_jobs`` (``dag``) under ``config``. ``assume``
+    ({network: measured network}) costs a network the benchmark did not measure at another's
+    rates, an estimate the result names (``assumed``)."""
+    rates, assume = rates_for(config, bench, assume)
     families: dict[str, Family] = {f: Family() for f in RULE_OF}
-    n_train, n_test = data_sizes(config)
-    for j in jobs(config, dag_jobs):
+    disk: dict[str, int] = defaultdict(int)
+    for i, j in enumerate(per_job(config, dag_jobs)):
+        if files is not None:
+            disk[j["family"] if j else "other"] += job_disk(config, dag_jobs[i], j, files[i])
+        if j is None:
+            continue
         f = families[j["family"]]
         c = j["count"]
         f.jobs += c
         f.iterations += c * j["iterations"]
         f.images += c * j["images"]
         f.eval_images += c * j["eval_images"]
-        r = rates.get(j["network"])
-        seconds = 0.0
-        if r is None:
+        s = seconds(j, rates)
+        if s is None:
             f.missing.add(j["network"])
-        else:
-            # c runs in jobs of N: c / N jobs of N x images at the rate of N runs together
-            train_rate = rate(r, j["per_job"])
-            eval_rate = r["eval"] or 3 * train_rate  # forward only ~ 1/3 of a training step
-            seconds = c * (j["images"] / train_rate + j["eval_images"] / eval_rate)
-            f.seconds += seconds
+        f.seconds += s or 0.0
         row = f.by_network[j["network"]]
         row[0] += c
         row[1] += c * j["iterations"]
-        row[2] += seconds
+        row[2] += s or 0.0
     fams = {}
     for name, f in families.items():
         if f.jobs:
@@ -441,6 +525,7 @@ def estimate(
             other[rule] += 1
     training_jobs = sum(rules.values())
     hours = [f["device_hours"] for f in fams.values()]
+    n_train, n_test = data_sizes(config)
     return {
         "n_train": n_train,
         "n_test": n_test,
@@ -455,12 +540,13 @@ def estimate(
         "device_hours": sum(hours) if hours and None not in hours else None,
         "throughput": rates,
         "assumed": assume,
+        "disk_bytes": dict(disk) if files is not None else None,
     }
 
 
 def report(est: dict, device_name: str = "") -> str:
     lines = [
-        f"{'family':<16} {'rule':<22} {'jobs':>7} {'iterations':>14} {'images':>16} "
+        f"{'family':<16} {'rule':<22} {'runs':>7} {'iterations':>14} {'images':>16} "
         f"{'device-hours':>13}"
     ]
     for name, f in est["families"].items():
@@ -475,7 +561,7 @@ def report(est: dict, device_name: str = "") -> str:
         f"{est['total_images']:>16,} {(f'{h:,.0f}' if h is not None else 'n/a'):>13}"
     )
     lines.append(
-        f"DAG total {est['total_jobs']:,} jobs ({est['training_jobs']:,} training, "
+        f"DAG total {est['total_jobs']:,} jobs ({est['training_jobs']:,} training runs, "
         f"{sum(est['measurement_jobs_by_rule'].values())} interpolate/hessian, "
         f"{sum(est['other_jobs'].values())} data/telemetry/summary/figure/claims); "
         f"{est['n_train']:,} training and {est['n_test']:,} test images"
@@ -505,13 +591,40 @@ def report(est: dict, device_name: str = "") -> str:
     return "\n".join(lines)
 
 
+def _device_name(bench: dict) -> str:
+    m = bench.get("machine", {})
+    if "cpu" in m:  # tools.bench: a CPU
+        return f"{m.get('device', '?')} ({m['cpu']}, {m.get('threads', '?')} threads)"
+    return m.get("device") or bench.get("device", "?")  # tools.gpu grid or check
+
+
+def summary(est: dict, device_name: str) -> str:
+    """The lines a user reads before starting: jobs, device-hours, disk."""
+    h = est["device_hours"]
+    hours = "no device-hours (no --bench)"
+    if h is not None:
+        hours = f"{h:,.1f}" if h >= 1 else f"{h:.2g}"
+        hours += f" {device_name or 'device'}-hours"
+    disk_bytes = est["disk_bytes"]
+    disk = f", {sum(disk_bytes.values()) / 1e9:,.2f} GB of results" if disk_bytes else ""
+    return f"this command: {est['total_jobs']:,} jobs, {hours}{disk}"
+
+
+def disk_report(disk_bytes: dict[str, int]) -> str:
+    rows = ", ".join(f"{name} {b / 1e9:,.2f}" for name, b in disk_bytes.items())
+    return f"disk (GB) by family: {rows}; resume states of running jobs come on top"
+
+
 def main(argv=None) -> int:
+    from pipeline_scripts.tools import command, plan
+
     p = argparse.ArgumentParser(
         prog="python -m pipeline_scripts.tools.cost",
-        description="Jobs, iterations and projected device-hours of a configuration's DAG.",
+        description="Jobs, iterations, device-hours and disk of what a snakemake command would "
+        "run: give it that command's targets, --profile, --configfile and --config.",
     )
-    p.add_argument("--config", nargs="+", default=["config.yaml"], help="config file(s), merged")
-    p.add_argument("--bench", help="bench.py JSON with measured images/s per network")
+    command.add_arguments(p)
+    p.add_argument("--bench", help="a measurement file: tools.bench JSON, or tools.gpu grid/check")
     p.add_argument("--device-name", default="", help="label for the device the bench ran on")
     p.add_argument("--json", help="also write the estimate here")
     p.add_argument(
@@ -521,23 +634,36 @@ def main(argv=None) -> int:
         metavar="NET=MEASURED",
         help="cost a network the benchmark lacks at a measured one's rates (an estimate)",
     )
+    p.add_argument(
+        "--save-plan",
+        action="store_true",
+        help="save the planned jobs in the run directory's plans/ (tools.status reads them)",
+    )
     args = p.parse_args(argv)
-    config = load_config(args.config)
-    dag_jobs = dag(args.config)
+    cmd = command.from_args(args)
+    config = command.load_config(cmd)
+    listing = dry_run(cmd.configfiles, tuple(cmd.targets), tuple(cmd.config))
+    dag_jobs, files = parse_dry_run(listing), parse_dry_run_files(listing)
     bench = json.loads(Path(args.bench).read_text()) if args.bench else None
-    name = args.device_name
-    if bench and not name:
-        m = bench.get("machine", {})
-        if "cpu" in m:  # tools.bench: a CPU
-            name = f"{m.get('device', '?')} ({m['cpu']}, {m.get('threads', '?')} threads)"
-        else:  # tools.gpu grid or check
-            name = m.get("device") or bench.get("device", "?")
+    name = args.device_name or (_device_name(bench) if bench else "")
     assume = dict(a.split("=", 1) for a in args.assume)
-    est = estimate(copy.deepcopy(config), dag_jobs, bench, assume)
+    est = estimate(copy.deepcopy(config), dag_jobs, bench, assume, files)
     print(report(est, name))
+    print(disk_report(est["disk_bytes"]))
+    print(summary(est, name))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(est, indent=1) + "\n")
+    if args.save_plan:
+        rates, _ = rates_for(config, bench, assume)
+        header = {
+            "command": ["snakemake", *cmd.typed],
+            "device": name,
+            "bench": args.bench,
+        }
+        jobs_ = plan.jobs(config, dag_jobs, files, rates)
+        path = plan.save(cmd.directory or Path.cwd(), cmd.targets, header, jobs_, cmd.config)
+        print(f"plan saved: {path} (python -m pipeline_scripts.tools.status reads it)")
     return 0
 
 

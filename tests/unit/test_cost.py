@@ -192,25 +192,78 @@ def test_group_rule_names_give_their_run_counts():
     assert cost._base_rule("train_perturbed_seeds4_5_v3g0") == ("train_perturbed", 6)
 
 
-def test_the_h200_hours_in_the_docs_are_the_estimate(paper_dag):
-    """docs/cost.md's H200-hours per family and in all are what tools.cost computes from the
-    committed H200 measurement for config.yaml (ResNet-18 at WRN-16-8's rates, as it says)."""
+def _h200_estimate(paper_dag, files=None):
     import json
-    import re
 
     bench = json.loads((ROOT / "docs/measurements/2026-12-04-h200-gpu-check.json").read_text())
     config = cost.load_config([ROOT / "config.yaml"])
-    est = cost.estimate(config, paper_dag, bench, assume={"resnet18": "wrn16_8"})
+    return cost.estimate(config, paper_dag, bench, {"resnet18": "wrn16_8"}, files)
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_the_h200_hours_and_disk_in_the_docs_are_the_estimate(paper_dag, paper_dag_files):
+    """docs/cost.md's H200-hours and disk per family and in all (and the README's and
+    docs/requirements.md's total disk) are what tools.cost computes from the committed H200
+    measurement for config.yaml (ResNet-18 at WRN-16-8's rates, as it says)."""
+    import re
+
+    est = _h200_estimate(paper_dag, paper_dag_files)
     text = (ROOT / "docs/cost.md").read_text()
-    stated: dict[str, int] = {}  # rule -> hours (IMP's two families share a rule)
-    for m in re.finditer(r"^\| [^|]+ \| `(\w+)` \| [\d,]+ \| [\d,]+ \| ([\d,]+) \|$", text, re.M):
-        stated[m[1]] = stated.get(m[1], 0) + int(m[2].replace(",", ""))
-    by_rule: dict[str, float] = {}
-    for f in est["families"].values():
-        by_rule[f["rule"]] = by_rule.get(f["rule"], 0.0) + f["device_hours"]
+    stated: dict[str, list[float]] = {}  # rule -> [hours, GB] (IMP's two families share a rule)
+    row = r"^\| [^|]+ \| `(\w+)` \| [\d,]+ \| [\d,]+ \| ([\d,]+) \| ([\d.]+) \|$"
+    for m in re.finditer(row, text, re.M):
+        hours_gb = stated.setdefault(m[1], [0.0, 0.0])
+        hours_gb[0] += _number(m[2])
+        hours_gb[1] += _number(m[3])
+    by_rule: dict[str, list[float]] = {}
+    for name, f in est["families"].items():
+        hours_gb = by_rule.setdefault(f["rule"], [0.0, 0.0])
+        hours_gb[0] += f["device_hours"]
+        hours_gb[1] += est["disk_bytes"][name] / 1e9
     assert len(stated) == 8  # every training rule
-    for rule, hours in stated.items():
-        assert abs(by_rule[rule] - hours) <= 1, rule  # each family's hours rounded
-    (total,) = re.findall(r"^\| \*\*all\*\* \|.*\| \*\*([\d,]+)\*\* \|$", text, re.M)
+    for rule, (hours, gb) in stated.items():
+        assert abs(by_rule[rule][0] - hours) <= 1, rule  # each family's hours rounded
+        assert abs(by_rule[rule][1] - gb) <= 0.1, rule  # and its GB
+    (total, disk) = re.findall(
+        r"^\| \*\*all\*\* \|.*\| \*\*([\d,]+)\*\* \| \*\*([\d,]+)\*\* \|$", text, re.M
+    )[0]
     assert int(total.replace(",", "")) == round(est["device_hours"])
+    gb = sum(est["disk_bytes"].values()) / 1e9
+    assert int(disk) == round(gb)
+    for page in ("README.md", "docs/requirements.md"):
+        stated_gb = re.findall(
+            r"(\d+) GB (?:of|for) (?:results|the paper)", (ROOT / page).read_text()
+        )
+        assert stated_gb and all(int(s) == round(gb) for s in stated_gb), (page, stated_gb)
     assert est["assumed"] == {"resnet18": "wrn16_8"}
+
+
+def test_the_readme_table_a1_row_is_paper_py_and_the_estimate(paper_dag):
+    """The README's Table A1 accuracies are paper.TABLE_A1's, and the H200-hours beside them are
+    each network's five dense runs at the committed rates."""
+    import re
+
+    from pipeline_scripts.earlyphase.paper import TABLE_A1
+
+    readme = (ROOT / "README.md").read_text()
+    (nets,) = re.findall(r"^\| network \|((?: `\w+` \|)+)$", readme, re.M)
+    nets = re.findall(r"`(\w+)`", nets)
+    (acc,) = re.findall(r"^\| Table A1 accuracy \|(.*)\|$", readme, re.M)
+    (hours,) = re.findall(r"^\| `make table_a1 NET=… PROFILE=slurm` \|(.*)\|$", readme, re.M)
+    assert nets == list(TABLE_A1)
+    for net, cell in zip(nets, acc.split("|"), strict=True):
+        assert cell.strip() == f"{TABLE_A1[net][0]} ± {TABLE_A1[net][1]} %", net
+    import json
+
+    bench = json.loads((ROOT / "docs/measurements/2026-12-04-h200-gpu-check.json").read_text())
+    config = cost.load_config([ROOT / "config.yaml"])
+    rates, _ = cost.rates_for(config, bench, {"resnet18": "wrn16_8"})
+    dense = {n: 0.0 for n in nets}
+    for (rule, w), run in zip(paper_dag, cost.per_job(config, paper_dag), strict=True):
+        if rule == "train_dense":
+            dense[w["net"]] += cost.seconds(run, rates) / 3600
+    for net, cell in zip(nets, hours.split("|"), strict=True):
+        assert cell.strip() == f"{dense[net]:.1f} h", net

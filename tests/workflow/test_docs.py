@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_experiments import make_experiments
 from test_recipes import fenced_blocks
 from test_workflow import ROOT, job_counts, smk
 
@@ -95,28 +96,27 @@ NOT_RUN = [
     (r"^make test-avx2$", "the training tests again under the AVX2 cap: part of CI (.ci/run)"),
     (r"^make lint$", "the linters over the whole repository: part of CI (.ci/run)"),
     (r"^make report$", "needs a finished run; tests/workflow/test_report.py makes and checks one"),
-    (r"^bash tests/slurm/cluster\.sh start$", "installs and starts SLURM (root, Debian)"),
     (
-        r"--directory /tmp/slurm-oh/",
-        "the overhead measurement: needs the SLURM test cluster and test_slurm.py's overlay file",
+        r"^make status ",
+        "reads a run's files; tests/workflow/test_run_status.py and test_killed_run.py run the tool on "
+        "the smoke run, completed, live and killed",
     ),
-    (r"pipeline_scripts\.tools\.overhead /tmp/slurm-oh/", "reads that measurement's run"),
+    (r"^bash tests/slurm/cluster\.sh start$", "installs and starts SLURM (root, Debian)"),
     (r"pipeline_scripts\.tools\.gpu (check|sizes|all|efficiency) --out-dir", "needs a GPU"),
     (
         r"pipeline_scripts\.tools\.gpu lease --(out-dir|continue)",
         "160-epoch runs: needs a GPU (tests/unit/test_gpu.py runs the lease on tiny data)",
     ),
     (r"^pip download ", "downloads wheels from PyPI for another machine"),
-    (r"pipeline_scripts\.tools\.bench --(data|networks)", "a benchmark: minutes of both cores"),
+    (r"pipeline_scripts\.tools\.bench --data", "a benchmark: minutes of both cores"),
     (
-        r"pipeline_scripts\.tools\.cost --config config\.yaml --bench docs/measurements/",
+        r"pipeline_scripts\.tools\.cost --configfile config\.yaml --bench docs/measurements/",
         "plans the paper's DAG again (a minute or more); tests/unit/test_cost.py computes the "
-        "same estimate from the suite's plan and checks docs/cost.md's H200-hours against it",
+        "same estimate from the suite's plan and checks docs/cost.md's figures against it",
     ),
     (
-        r"pipeline_scripts\.tools\.cost --config config\.yaml$",
-        "plans the paper's DAG again (a minute or more); tests/unit/test_cost.py runs the tool "
-        "on real dry runs, and test_paper_dag_counts checks the counts it prints",
+        r"pipeline_scripts\.tools\.cost figure1 --profile profiles/slurm",
+        "tests/workflow/test_experiments.py runs it and checks the README's figures against it",
     ),
     (
         r"pipeline_scripts\.tools\.effective_std .*runs/timeline/",
@@ -125,9 +125,10 @@ NOT_RUN = [
 ]
 # Run as written: cheap and without side effects.
 RUN = [r"^python -m pipeline_scripts\.tools\.\w+( \w+)? --help$"]
-# make targets: planned = the snakemake command of its recipe (`make -n`) planned like any other;
-# run = run for real with DIR=<scratch> (it only plans or draws the DAG).
-MAKE_PLANNED = {"laptop", "smoke"}
+# make targets: planned = the snakemake command of its recipe (`make -n`) planned like any other
+# (an experiment's: the command it runs after printing its cost); run = run for real with
+# DIR=<scratch> (it only plans or draws the DAG).
+MAKE_PLANNED = {"laptop", "smoke", *make_experiments()}
 MAKE_RUN = {"plan", "dag"}
 # Placeholders of the docs -> the fixture that stands in for them (conftest.py).
 # (an image folder as large as the laptop preset asks: the planning checks data.n_train)
@@ -184,7 +185,7 @@ OPTIONS_WITH_VALUES = {
     "--config": "+",
     "--quiet": "?",
 }
-PRINT_MODES = {"--dag", "--rulegraph", "--report", "-n", "--dry-run"}
+PRINT_MODES = {"--dag", "--rulegraph", "--report", "-n", "--dry-run", "--unlock"}
 PAPER_PROFILES = {None, "profiles/slurm", "profiles/local"}
 # A command that plans the whole paper DAG is planned for one network and one seed (the whole DAG
 # is planned once, by test_paper_dag_counts).
@@ -248,9 +249,10 @@ def _substituted(c: Command, request) -> list[str]:
 
 
 def _make_recipe_commands(argv: list[str]) -> list[list[str]]:
-    """The snakemake commands `make <target>` would run (without running anything)."""
+    """The snakemake commands `make <target>` would run (without running anything; an
+    experiment's with COST=1 too, the command it runs without)."""
     proc = subprocess.run(
-        ["make", "-n", "-o", STAMP, f"BIN={VENV_BIN}", *argv[1:]],
+        ["make", "-n", "-o", STAMP, f"BIN={VENV_BIN}", *(a for a in argv[1:] if a != "COST=1")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -262,6 +264,7 @@ def _make_recipe_commands(argv: list[str]) -> list[list[str]]:
 
 
 RUNNABLE = [c for c in ALL_COMMANDS if classify(c)[0] in ("run", "make run", "planned")]
+_PLANNED: set[tuple] = set()  # planned commands that passed (this module runs in one worker)
 
 
 @pytest.mark.parametrize("c", RUNNABLE, ids=[f"{c.doc} {c.text[:60]}" for c in RUNNABLE])
@@ -277,12 +280,16 @@ def test_documented_command_runs_or_plans(c, tmp_path, request):
     else:
         runs = [(planned_argv(argv, tmp_path / "run"), ROOT)]
     for cmd, cwd in runs:
+        key = (kind, *(a.replace(str(tmp_path), "<scratch>") for a in cmd), str(c.env))
+        if kind == "planned" and key in _PLANNED:  # the same command documented twice
+            continue
         proc = subprocess.run(
             cmd, cwd=cwd, env=_env(c), capture_output=True, text=True, timeout=600
         )
         assert proc.returncode == 0, (
             f"{c.doc}: {c.text}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
         )
+        _PLANNED.add(key)
         if "--dag" in cmd:
             assert proc.stdout.lstrip().startswith("digraph"), proc.stdout[:300]
 

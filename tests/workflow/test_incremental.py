@@ -128,7 +128,7 @@ def test_changed_perturbation_setting_reruns_only_that_branch(smoke_session, tmp
     assert {j.output for j in plan} == downstream(graph, roots)
     counts = job_counts(text)
     assert {r: n for r, n in counts.items() if r in TRAINING} == {"train_perturbed": 2}, counts
-    assert counts["summarise"] == 1 and counts["figure_perturb"] == 5, counts
+    assert counts["summarise"] == 1 and counts["plot_figure_perturb"] == 5, counts
     assert {f for j in plan if j.rule == "summarise" for f in j.output} == {
         f"results/{NET}/summary/perturb_rewind4.h5"
     }

@@ -1,6 +1,7 @@
 """A run SIGKILLed several times (Snakemake and its jobs, at points chosen by progress) resumes
 without recomputing any job Snakemake had recorded as finished, and ends bit-identical to the
-undisturbed smoke run (``smoke_session``). A file of its own, so the test scheduler can run it
+undisturbed smoke run (``smoke_session``); ``tools.status``, read while it runs, after each kill
+and at the end, agrees with Snakemake's own records. A file of its own, so the test scheduler can run it
 beside the other tests on the smoke run (--dist loadfile)."""
 
 import base64
@@ -18,7 +19,10 @@ import h5py
 import numpy as np
 import torch
 from test_incremental import SMOKE, mtimes
+from test_run_status import smoke_plan
 from test_workflow import ROOT, SNAKEMAKE, smk
+
+from pipeline_scripts.tools import status
 
 
 def _persisted(root: Path) -> dict[str, Path]:
@@ -135,6 +139,23 @@ class Kill:
     training_running: bool
     finished: dict  # outputs recorded as finished at the kill -> mtime
     partial: dict  # outputs on disk whose job had started and not finished -> mtime
+    live: status.Status  # tools.status read while Snakemake ran, just before the kill
+    after: status.Status  # ... and after it
+
+
+def check_status(st: status.Status, jobs: list[dict], finished: dict, marked: set[str]) -> None:
+    """tools.status against Snakemake's own records: every job whose outputs Snakemake recorded
+    as finished is done, every job with an incomplete mark is running, nothing failed, and each
+    family's counts add up to its planned jobs."""
+    rows = st.rows
+    done_jobs = sum(r["done"] for r in rows.values())
+    assert done_jobs >= sum(1 for j in jobs if j["outputs"] and set(j["outputs"]) <= set(finished))
+    assert sum(r["running"] for r in rows.values()) == sum(
+        1 for j in jobs if set(j["outputs"]) & marked
+    )
+    assert not st.failures and all(r["failed"] == 0 for r in rows.values())
+    for family, r in rows.items():
+        assert r["done"] + r["running"] + r["to run"] == r["jobs"], family
 
 
 N_KILLS = 3
@@ -149,6 +170,7 @@ def test_killed_run_resumes_without_losing_finished_jobs(
     out = tmp_path / "killed"
     cmd = [*SNAKEMAKE, *KILL_TARGETS, *SMOKE, "--directory", str(out), *smoke_data_config]
     rng = random.Random(85)
+    jobs = smoke_plan(out, KILL_TARGETS, smoke_data_config)  # what tools.status compares with
     kills: list[Kill] = []
     refusals = 0  # restarts that stopped at a killed run's stale lock
     logs = []
@@ -175,6 +197,7 @@ def test_killed_run_resumes_without_losing_finished_jobs(
                     kill_at = now + rng.uniform(0.0, 1.0)
                 if kill_at is not None and now >= kill_at:
                     running = training_running(out)
+                    live = status.read(out)  # while Snakemake runs
                     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its jobs
                     proc.wait()
                     deadline = time.monotonic() + 30
@@ -186,7 +209,11 @@ def test_killed_run_resumes_without_losing_finished_jobs(
                         for p in incomplete_outputs(out)
                         if (out / p).is_file()
                     }
-                    kills.append(Kill(now - started, running, finished_outputs(out), partial))
+                    after = status.read(out)
+                    kills.append(
+                        Kill(now - started, running, finished_outputs(out), partial, live, after)
+                    )
+                    check_status(after, jobs, kills[-1].finished, incomplete_outputs(out))
                     break
                 time.sleep(0.05)
             else:
@@ -217,6 +244,17 @@ def test_killed_run_resumes_without_losing_finished_jobs(
     assert any(k.training_running for k in kills), kills
     assert refusals == 1  # the first restart stopped at the killed run's stale lock
     assert "Nothing to be done" in smk(*KILL_TARGETS, *SMOKE, "--directory", str(out), "-n").stdout
+    # tools.status saw the run live and killed: a training job started and not finished when one
+    # was running, Snakemake's stale lock after each kill; at the end, every planned job done
+    for kill in kills:
+        assert kill.live.seconds < 5 and kill.after.lock
+        if kill.training_running:
+            assert kill.after.running, kill
+        assert "Snakemake: holds the directory's lock" in status.report(kill.after)
+    final_status = status.read(out)
+    check_status(final_status, jobs, finished_outputs(out), set())
+    assert "every planned job is done" in status.report(final_status)
+    assert not final_status.lock
     assert not incomplete_outputs(out)
     assert not [p for p in (out / "resume").rglob("*") if p.is_file()]
 

@@ -146,7 +146,7 @@ def test_a_command_naming_other_data_is_refused(smoke_run):
 
 
 def test_the_make_targets_after_a_run(smoke_run, tmp_path):
-    """`make plan`, `make report` and `make dag` on a finished run (PRESET/DIR select it), with
+    """`make plan`, `make report` and `make dag` on a finished run (PROFILE/DIR select it), with
     no data choice: nothing to do, a report of the run's data, the job graph."""
     import subprocess
     import sys
@@ -157,7 +157,7 @@ def test_the_make_targets_after_a_run(smoke_run, tmp_path):
     out = copy_run(smoke_run[0], tmp_path / "run")  # report.html and dag.* land in the run
     root = Path(__file__).resolve().parents[2]
     make = ["make", "-o", ".venv/.installed-stamp", f"BIN={Path(sys.executable).parent}"]
-    args = ["PRESET=smoke", f"DIR={out}"]
+    args = ["PROFILE=smoke", f"DIR={out}"]
 
     def run(target):
         proc = subprocess.run([*make, target, *args], cwd=root, capture_output=True, text=True)

@@ -34,7 +34,7 @@ hessian: {iterations: []}
 """
 TARGETS = [
     "results/resnet8_w4/summary/imp.h5",
-    "results/figures/figure1/resnet8_w4.png",  # group `summaries`: summarise + figure1
+    "results/figures/figure1/resnet8_w4.png",  # group `summaries`: summarise + plot_figure1
     "results/figures/figure3/resnet8_w4.png",  # group `telemetry`: telemetry_run + summary + fig 3
 ]
 
@@ -156,7 +156,7 @@ def slurm_run(cluster):
         kind, name = re.search(r"/(rule|group)_(\w+)/", m[2]).groups()
         submitted[int(m[1])] = name if kind == "rule" else name.split("_")[0]
     out = Path(proc.args[proc.args.index("--directory") + 1])
-    return {"dir": out, "log": log, "submitted": submitted, "seconds": seconds}
+    return {"dir": out, "log": log, "submitted": submitted, "seconds": seconds, "args": proc.args}
 
 
 def _accounting(job_ids) -> dict[int, dict[str, str]]:
@@ -209,7 +209,7 @@ def test_accounting_shows_the_jobs_with_gpus_only_for_training(slurm_run, cluste
             assert ("gres/gpu=1" in row["ReqTRES"]) == (name in TRAINING), (name, row)
             assert name in row["Comment"], row  # the plugin's comment: rule_<name>_wildcards_...
         # Grouped jobs run one after another in their allocation, so their time limit is the sum
-        # of the members' (10 min each): summarise + figure1; telemetry_run + summary + figure3.
+        # of the members' (10 min each): summarise + plot_figure1; telemetry_run + summary + plot_figure3.
         limits = {name: acct[j]["Timelimit"] for j, name in submitted.items()}
         assert limits["summaries"] == "00:20:00" and limits["telemetry"] == "00:30:00", limits
     else:  # no accounting database: slurmctld still remembers finished jobs for MinJobAge
@@ -243,3 +243,18 @@ def test_outputs_are_complete(slurm_run):
     for fig in ("figure1", "figure3"):
         assert (res / "figures" / fig / "resnet8_w4.png").stat().st_size > 1000
     print(f"SLURM slice: {len(slurm_run['submitted'])} sbatch jobs in {slurm_run['seconds']:.0f} s")
+
+
+def test_status_of_the_slurm_run(slurm_run, capsys):
+    """tools.status on the run the SLURM executor made: every planned job done, none failed."""
+    from pipeline_scripts.tools import cost, status
+
+    args = slurm_run["args"]
+    files = args[args.index("--configfile") + 1 : args.index("--configfile") + 4]
+    plan_args = [*TARGETS, "--configfile", *files, "--directory", str(slurm_run["dir"])]
+    assert cost.main([*plan_args, "--save-plan"]) == 0
+    st = status.read(slurm_run["dir"])
+    total = {k: sum(r[k] for r in st.rows.values()) for k in ("jobs", "done", "failed", "running")}
+    assert total["jobs"] >= 8 and total["done"] == total["jobs"], total
+    assert total["failed"] == total["running"] == 0 and not st.lock
+    assert "every planned job is done" in status.report(st)

@@ -144,14 +144,14 @@ def test_rerun_is_a_no_op_and_plot_code_change_redraws_only_figures(smoke_run):
     finally:
         plots.write_text(original)
     figures = {
-        "figure1",
-        "figure3",
-        "figure_a3",
-        "figure_perturb",
-        "figure9",
-        "figure10",
-        "figure_instability",
-        "figure_sharpness",
+        "plot_figure1",
+        "plot_figure3",
+        "plot_figure_a3",
+        "plot_figure_perturb",
+        "plot_figure9",
+        "plot_figure10",
+        "plot_instability",
+        "plot_sharpness",
     }
     assert set(counts) - {"total", "all"} == figures, counts
 
@@ -187,14 +187,14 @@ def test_default_config_plans_the_paper_dag(paper_job_counts):
     assert counts["train_perturbed"] == runs * 2 * 7 * 16  # k x levels x variants
     assert counts["pretrain"] == counts["train_from_pretrained"] == runs * pretrained_chains
     assert counts["sparse_pretext"] == runs * 7 * 3 and counts["sparse_train"] == runs * 7 * 5
-    assert counts["figure1"] == counts["figure9"] == counts["figure10"] == 5
-    assert counts["figure_perturb"] == 5 * 5  # Figures 4-8 per network
+    assert counts["plot_figure1"] == counts["plot_figure9"] == counts["plot_figure10"] == 5
+    assert counts["plot_figure_perturb"] == 5 * 5  # Figures 4-8 per network
     # beyond the paper: 2 copies x (dense + level-8 sub-network) x 6 rewind points; one Hessian
     # job per dense run over its 9 checkpoints
     assert counts["train_stability_copy"] == runs * 6 * 2 * 2
     assert counts["interpolate"] == runs * 6 * 2
     assert counts["hessian"] == runs
-    assert counts["figure_instability"] == counts["figure_sharpness"] == 5
+    assert counts["plot_instability"] == counts["plot_sharpness"] == 5
 
 
 def test_checked_in_rule_graph_is_current():

@@ -1,4 +1,4 @@
-"""Rule figure_perturb: Figures 4-7 (one family of perturbations, a panel per k) and Figure 8
+"""Rule plot_figure_perturb: Figures 4-7 (one family of perturbations, a panel per k) and Figure 8
 (effective standard deviation vs accuracy, Pearson r and p)."""
 
 from entry import open_log

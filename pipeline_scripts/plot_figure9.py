@@ -1,4 +1,4 @@
-"""Rule figure10: Figure 10, sparse pre-training of sub-networks."""
+"""Rule plot_figure9: Figure 9 / A9-A12, IMP rewound to states pre-trained on other tasks."""
 
 from entry import open_log
 
@@ -8,12 +8,12 @@ from pipeline_scripts.earlyphase import plots  # noqa: E402
 
 smk = snakemake  # noqa: F821
 p = smk.params
-plots.figure10(
-    smk.input.summary,
+plots.figure9(
+    list(smk.input.summaries),
+    list(p.tasks),
+    list(p.epochs),
+    list(p.references),
     [smk.output.pdf, smk.output.png],
     smk.wildcards.net,
-    rewind=p.rewind,
-    task=p.task,
-    epochs=p.epochs,
 )
 log(f"drew {smk.output.pdf}")

@@ -1,4 +1,4 @@
-"""Rule figure_instability: error barrier against the rewind point k, and the error curves."""
+"""Rule plot_instability: error barrier against the rewind point k, and the error curves."""
 
 from entry import open_log
 

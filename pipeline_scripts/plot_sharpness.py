@@ -1,4 +1,4 @@
-"""Rule figure_sharpness: the top Hessian eigenvalue against iteration and against k."""
+"""Rule plot_sharpness: the top Hessian eigenvalue against iteration and against k."""
 
 from entry import open_log
 
