@@ -415,7 +415,10 @@ def test_gpu_efficiency_runs_on_the_cpu(tmp_path):
         (x["n"], x["mode"], x["precision"], x["compile"], x.get("deterministic", True))
         for x in rows
     }
-    assert {(1, "single", "fp32", False, True), (4, "grouped", "fp32", False, True)} <= kinds
+    assert {(1, "single", "fp32", False, True), (2, "grouped", "fp32", False, True)} <= kinds
+    # N = 4 is timed unless N = 2 gained less than 5 % (then it says so)
+    not_timed = [x["row"] for x in r.get("not_timed", [])]
+    assert (4, "grouped", "fp32", False, True) in kinds or any("N=4" in x for x in not_timed)
     assert (1, "single", "fp32", False, False) in kinds and (
         1,
         "single",

@@ -295,17 +295,18 @@ def test_gradients_share_their_masks_strides_after_a_step(dataset):
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_only_the_training_step_runs_the_compiled_forward(dataset, tmp_path, monkeypatch, n):
-    """Evaluation (under inference_mode) and telemetry use the eager module; the compiled graph
-    sees training steps only -- evaluating a compiled CUDA-graph module first under
-    inference_mode breaks it (pytorch/pytorch#135892)."""
+    """The compiled graphs are the training step's and the evaluation's own, and none runs under
+    inference mode -- evaluating a compiled CUDA-graph module first under inference_mode breaks
+    it (pytorch/pytorch#135892)."""
     calls = []
 
-    def fake_compiled(fn, mode):  # the whole training step (wholestep), uncompiled
-        def step(*args):
-            calls.append(torch.is_inference_mode_enabled())
+    def fake_compiled(fn, mode):  # the whole step or an evaluation batch (wholestep), uncompiled
+        def graph(*args):
+            kind = "step" if len(args) == 10 else "evaluation"  # (WholeStep.inputs: 10 of them)
+            calls.append((kind, torch.is_inference_mode_enabled()))
             return fn(*args)
 
-        return step
+        return graph
 
     monkeypatch.setattr(multirun, "_compiled", fake_compiled)
     runs = [
@@ -319,6 +320,8 @@ def test_only_the_training_step_runs_the_compiled_forward(dataset, tmp_path, mon
     ]
     res = train.train_runs(runs, HP, log=lambda s: None)
     steps = HP.total_iterations(dataset.train_x.shape[0])
-    # every step, plus the first call of each batch shape's graph, which compiles it on copies
-    assert len(calls) == steps + 1 and not any(calls)
+    # every step, plus the first call of each batch shape's graph, which compiles it on copies;
+    # the evaluations through graphs of their own; none under inference mode
+    assert [kind for kind, _ in calls].count("step") == steps + 1
+    assert "evaluation" in [kind for kind, _ in calls] and not any(inf for _, inf in calls)
     assert len(res[0].metrics.eval_iteration) >= 2  # evaluations ran, through the eager module
