@@ -58,20 +58,29 @@ import argparse
 import copy
 import json
 import re
-import subprocess
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from pipeline_scripts.earlyphase import runs, telemetry
 from pipeline_scripts.earlyphase.hparams import TrainingHparams
 from pipeline_scripts.tools import disk
+from pipeline_scripts.tools.dryrun import (  # noqa: F401 - the planning's API, through cost too
+    ROOT,
+    SCHEMA,
+    _base_rule,
+    dag,
+    dag_command,
+    dry_run,
+    load_config,
+    merge,
+    parse_dry_run,
+    parse_dry_run_files,
+    validate,
+)
+from pipeline_scripts.tools.rates import rate, throughput
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config.schema.yaml"
 CIFAR10 = {"n_train": 50_000, "n_test": 10_000}
 
 # Training families in report order, and the Snakemake rule each belongs to.
@@ -97,53 +106,6 @@ HVP_STEPS = 5.4
 MEASUREMENT_FAMILIES = ("interpolate", "hessian")  # costed, but not training jobs
 # The family of each rule's runs (train_imp_level's imp_pretrained is told by its source).
 FAMILY_OF_RULE = {rule: family for family, rule in RULE_OF.items() if family != "imp_pretrained"}
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_config(paths: list[str | Path], schema: str | Path = SCHEMA) -> dict:
-    """Merge config files as ``snakemake --configfile a b`` does -- over the Snakefile's own
-    config.yaml, mappings merged key by key, everything else replaced -- and check them against
-    the schema, filling its defaults, as the workflow's ``validate(config, ..., set_default=True)``
-    does. Needs PyYAML and jsonschema, not Snakemake (the GPU tools run where it is missing)."""
-    config: dict = {}
-    for p in [ROOT / "config.yaml", *paths]:
-        with open(p) as f:
-            merge(config, yaml.safe_load(f) or {})
-    validate(config, schema)
-    return config
-
-
-def merge(config: dict, overlay: dict) -> None:
-    """``overlay`` into ``config`` in place (``snakemake.utils.update_config``'s rule)."""
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            merge(config[key], value)
-        else:
-            config[key] = copy.deepcopy(value)
-
-
-def validate(config: dict, schema: str | Path = SCHEMA) -> None:
-    """Check ``config`` against the JSON schema and fill the defaults of missing keys (the
-    jsonschema FAQ's default-setting validator, as ``snakemake.utils.validate`` uses it)."""
-    import jsonschema
-
-    with open(schema) as f:
-        spec = yaml.safe_load(f)
-    base = jsonschema.validators.validator_for(spec)
-    check_properties = base.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, subschema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub:
-                    instance.setdefault(name, copy.deepcopy(sub["default"]))
-        yield from check_properties(validator, properties, instance, subschema)
-
-    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
-    error = jsonschema.exceptions.best_match(filling(spec).iter_errors(config))
-    if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ValueError(f"config key {where}: {error.message} (schema: {schema})")
 
 
 @dataclass
@@ -184,89 +146,6 @@ def data_sizes(config: dict) -> tuple[int, int]:
     n_train = d["n_train"] or base["n_train"]
     n_test = d["n_test"] or base["n_test"]
     return int(min(n_train, base["n_train"])), int(min(n_test, base["n_test"]))
-
-
-def dag(
-    configfiles: list[str | Path], targets: tuple[str, ...] = (), config: tuple[str, ...] = ()
-) -> list[tuple[str, dict]]:
-    """Every job of the DAG Snakemake builds for ``configfiles`` (merged in order over the
-    Snakefile's config.yaml), ``--config`` entries ``config`` and ``targets`` (default: the default
-    target), as (rule, wildcards), read from a dry run in a scratch directory. The paper's DAG takes
-    about a minute to plan."""
-    return parse_dry_run(dry_run(configfiles, targets, config))
-
-
-def dry_run(
-    configfiles: list[str | Path], targets: tuple[str, ...] = (), config: tuple[str, ...] = ()
-) -> str:
-    """The listing of ``dag``'s dry run (``parse_dry_run`` and ``parse_dry_run_files`` read it)."""
-    with tempfile.TemporaryDirectory(prefix="cost-dag-") as scratch:
-        cmd = dag_command(configfiles, scratch, targets, config)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise SystemExit(f"snakemake -n failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return proc.stdout
-
-
-def dag_command(
-    configfiles: list[str | Path],
-    directory: str | Path,
-    targets: tuple[str, ...] = (),
-    config: tuple[str, ...] = (),
-) -> list[str]:
-    """The dry run ``dag`` reads (run it from the repository root; ``parse_dry_run`` reads its
-    standard output)."""
-    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "1"]
-    cmd += ["--directory", str(directory), "--snakefile", str(ROOT / "Snakefile")]
-    if configfiles:
-        cmd += ["--configfile", *(str(Path(c).resolve()) for c in configfiles)]
-    return cmd + (["--config", *config] if config else [])
-
-
-def _job_blocks(text: str):
-    """(rule, the block's text) of every job a ``snakemake -n`` listing names (with a profile
-    that groups jobs, a group's members are listed indented under it)."""
-    for block in re.split(r"\n(?= *(?:local)?rule \w+:)", text):  # (a group's jobs indented)
-        m = re.match(r" *(?:local)?rule (\w+):", block)
-        if m:
-            yield m[1], block
-
-
-def parse_dry_run(text: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of every job a ``snakemake -n`` listing names; checked against the
-    listing's own "Job stats" total, so a listing this parser misreads is an error, not a cost."""
-    out = []
-    for rule, block in _job_blocks(text):
-        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        out.append((rule, dict(kv.split("=", 1) for kv in wc[1].split(", ")) if wc else {}))
-    totals = {int(t) for t in re.findall(r"^total\s+(\d+)$", text, re.M)}
-    if totals and totals != {len(out)}:
-        raise ValueError(
-            f"read {len(out)} jobs from the dry run but its Job stats say {sorted(totals)}: "
-            "the snakemake -n listing changed format; fix cost.parse_dry_run"
-        )
-    return out
-
-
-def parse_dry_run_files(text: str) -> list[dict[str, list[str]]]:
-    """{"output": [...], "log": [...]} of every job of a ``snakemake -n`` listing, in the order
-    of ``parse_dry_run`` (a dry run with ``--quiet`` lists no files)."""
-    out = []
-    for _, block in _job_blocks(text):
-        files = {}
-        for key in ("output", "log"):
-            m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
-            files[key] = m[1].split(", ") if m else []
-        out.append(files)
-    return out
-
-
-def _base_rule(rule: str) -> tuple[str, int]:
-    """A group rule (``train_imp_level_seeds1_2``, ``train_perturbed_seeds1_2_v4g0``; rules/
-    seed_groups.smk) -> (its base rule, runs per job)."""
-    m = re.fullmatch(r"(\w+?)(?:_seeds(\d+(?:_\d+)*))?(?:_v(\d+)g\d+)?", rule)
-    seeds = len(m[2].split("_")) if m[2] else 1
-    return m[1], seeds * (int(m[3]) if m[3] else 1)
 
 
 def _run_keys(config: dict, dag_jobs: list[tuple[str, dict]]) -> list[tuple | None]:
@@ -400,69 +279,6 @@ def job_disk(config: dict, dag_job: tuple[str, dict], run: dict | None, files: d
     """Bytes of one DAG job's outputs (``disk``), its runs ``run`` (``per_job``) or None."""
     points = run["telemetry_points"] if run else 0
     return disk.job_bytes(files["output"], dag_job[1].get("net"), config, points)
-
-
-def throughput(bench: dict, runtime: dict | None = None) -> dict[str, dict]:
-    """network -> {"train": one run's img/s, "eval": img/s or None, "packed": {N: img/s of N runs
-    in one process, in all}} from a measurement file: ``tools.bench``'s JSON (CPUs; one run at a
-    time), or ``tools.gpu grid`` / ``check``'s (their rows; a check's grid is its ``grid``).
-
-    Of a GPU file's rows only those of the configuration jobs run in are used: the config's
-    ``runtime.precision``, ``cuda_graphs`` and ``compile`` (``runtime``; None = the file's rows),
-    one process (single, or runs batched in-process as ``runtime.multirun_method`` does; never N
-    processes sharing the device), no failed row. A network without such a row has no figure."""
-    if "grid" in bench and "rows" not in bench:  # a tools.gpu check file
-        bench = bench["grid"]
-    if "rows" not in bench:
-        out = {}
-        for key, e in bench.get("networks", {}).items():
-            if e.get("sparsity"):
-                continue
-            ev = e.get("eval") or {}
-            ev_ips = next(iter(ev.values()))["img_s"] if ev else None
-            out[e.get("network", key)] = {"train": e["ours"]["img_s"], "eval": ev_ips, "packed": {}}
-        return out
-    rows = [r for r in bench["rows"] if r.get("img_s") and r["mode"] != "processes"]
-    if runtime is not None:
-        method = runtime.get("multirun_method", "grouped")
-        rows = [
-            r
-            for r in rows
-            if r["precision"] == runtime.get("precision", "tf32")
-            and bool(r["cuda_graphs"]) == bool(runtime.get("cuda_graphs", True))
-            # (a row from before the whole-step graph has no "compile": it counts for either)
-            and bool(r.get("compile", runtime.get("compile", False)))
-            == bool(runtime.get("compile", False))
-            and r["mode"] in ("single", method)
-        ]
-    out = {}
-    for net in dict.fromkeys(r["network"] for r in rows):
-        mine = [r for r in rows if r["network"] == net]
-        singles = [r["img_s"] for r in mine if r["n"] == 1]
-        if not singles:
-            continue
-        packed: dict[int, float] = {}
-        for r in mine:
-            if r["n"] > 1:
-                packed[r["n"]] = max(packed.get(r["n"], 0.0), r["img_s"])
-        out[net] = {"train": max(singles), "eval": None, "packed": dict(sorted(packed.items()))}
-    return out
-
-
-def rate(r: dict, n: int) -> float:
-    """Aggregate training img/s of a job of ``n`` runs of a network with ``throughput`` entry
-    ``r``: measured where N = n was measured; between two measured N, linear in N; beyond the
-    largest measured N, that N's rate (no further gain assumed); one run at a time where nothing
-    batched was measured (CPU benchmarks)."""
-    points = {1: r["train"], **{int(k): v for k, v in r.get("packed", {}).items()}}
-    if n in points:
-        return points[n]
-    below = max(k for k in points if k < n)
-    above = [k for k in points if k > n]
-    if not above:
-        return points[below]
-    hi = min(above)
-    return points[below] + (points[hi] - points[below]) * (n - below) / (hi - below)
 
 
 def rates_for(config: dict, bench: dict | None, assume: dict[str, str] | None) -> tuple[dict, dict]:

@@ -170,8 +170,13 @@ def worker(args) -> int:
 
 
 def measure_row(row: dict, ds, data_path, plan, peaks, fwd, args) -> dict:
-    """Time one configuration; a failure is recorded in the row, not raised."""
+    """Time one configuration; a failure is recorded in the row, not raised. On CUDA the row
+    also records the most device memory its process held (``max_memory_mb``: what a job of that
+    configuration needs, data set included)."""
     _fresh_compiler()
+    cuda = ds.train_x.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     try:
         if row["mode"] == "processes":
@@ -207,6 +212,8 @@ def measure_row(row: dict, ds, data_path, plan, peaks, fwd, args) -> dict:
         if "deterministic" in row:
             configure(torch.get_num_threads())
     row["seconds"] = time.perf_counter() - t
+    if cuda and row["mode"] != "processes":
+        row["max_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if row["mode"] != "processes":  # the workers' compilers are their own
         counts = compiled_counts()
         row["compiled"] = counts
