@@ -218,7 +218,12 @@ def test_sgd_is_torchs_fused_sgd_bit_for_bit_and_imports_no_dynamo():
         torch.optim.SGD(nets[1].parameters(), **kw, fused=True),
         torch.optim.SGD(nets[2].parameters(), **kw, foreach=True),
     ]
-    masks = [(p, (torch.rand_like(p) > 0.5).float()) for p in nets[0].parameters() if p.ndim > 1]
+    gm = torch.Generator().manual_seed(1)  # (the global generator's state depends on what ran)
+    masks = [
+        (p, (torch.rand(p.shape, generator=gm) > 0.5).float())
+        for p in nets[0].parameters()
+        if p.ndim > 1
+    ]
     g = torch.Generator().manual_seed(0)
     for step in range(6):
         x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
