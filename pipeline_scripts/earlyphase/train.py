@@ -12,8 +12,8 @@ Fast by construction: the data set is a uint8 tensor on the device, augmentation
 (``augment``), the models run channels_last (``RunOptions.precision``: fp32, tf32 or bf16
 autocast), masks are applied with two ``_foreach_mul_`` calls, the host synchronises only every
 ``log_every`` steps (to record the training loss and stop on a non-finite one) and at evaluations;
-``compile`` (Inductor) and ``cuda_graphs`` (one CUDA graph a step, on a GPU) run the whole step as
-one graph (``wholestep``); evaluation and telemetry run the eager module.
+``compile`` (Inductor) and ``cuda_graphs`` (one CUDA graph a step, on a GPU) run the whole step,
+and each evaluation batch, as one graph (``wholestep``); telemetry runs the eager module.
 
 Resumable for any N: every ``checkpoint_seconds`` and on SIGTERM (SLURM pre-emption) the full state
 of every run goes to the first run's ``workdir/resume.pt``; a re-run continues from there with
@@ -235,8 +235,7 @@ def _evaluate_many(group, tests, normalise, batch_size: int, precision: str) -> 
 
 def step_mode(opts: RunOptions, device: torch.device) -> tuple[bool, bool]:
     """(compile, capture) of the training step: Inductor with ``compile``; one CUDA graph per
-    step with ``cuda_graphs`` on a GPU (``wholestep``). Evaluation and telemetry always run the
-    eager module."""
+    step with ``cuda_graphs`` on a GPU (``wholestep``)."""
     return bool(opts.compile), bool(opts.cuda_graphs and device.type == "cuda")
 
 
@@ -381,7 +380,9 @@ def _set_up(
     group, optimizer, mparams, mmasks = _batched(runs, hp, method, device)
     precision = devices.effective_precision(opts.precision, device)
     devices.set_precision(precision)
-    kernels = devices.kernels(device, compile=opts.compile, cuda_graphs=opts.cuda_graphs)
+    # CUDA graphs only where the step is one graph (wholestep.unsupported: else it runs eagerly)
+    whole = wholestep.unsupported(runs, method) is None
+    kernels = devices.kernels(device, compile=opts.compile, cuda_graphs=opts.cuda_graphs and whole)
     loop = _Loop(
         runs, hp, opts, sched, group, optimizer, mparams, mmasks, precision, kernels, network, log
     )

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from . import augment
 from . import device as devices
 
-# What this process has built (the measuring tools read and reset it): graphs traced, compiled
-# by Inductor, captured in CUDA graphs.
+# What this process has built (the measuring tools read and reset it): graphs (steps and
+# evaluation batches) traced, compiled by Inductor, captured in CUDA graphs.
 built = {"traced": 0, "compiled": 0, "captured": 0}
 
 
@@ -263,20 +263,21 @@ class WholeStep:
 
     def _build(self, b: int) -> Callable[[], None]:
         """The callable taking one step of batch size ``b`` with the loop's state."""
-        gm = self.trace(b, fused=not self.compile)
+        return self._runner(self.trace(b, fused=not self.compile), self.inputs(), self._copies)
+
+    def _runner(self, gm, args: tuple, copies: Callable) -> Callable[[], None]:
+        """``gm(*args)`` as this batch runs its graphs: compiled by Inductor first (on copies of
+        the state, so compiling takes no step of the runs), captured in a CUDA graph."""
         built["traced"] += 1
         run = gm
         if self.compile:
             from . import multirun
 
             run = multirun._compiled(gm, None)
-        args = self.inputs()
-
-        if self.compile:  # compile now, on copies of the state (the first call takes a step)
-            run(*self._copies(args))
+            run(*copies(args))
             built["compiled"] += 1
         if self.capture:
-            replay = _captured(run, args, self._copies)
+            replay = _captured(run, args, copies)
             built["captured"] += 1
             return replay
         return lambda: run(*args)
@@ -357,15 +358,7 @@ class WholeStep:
             gm = make_fx(eval_function(self.loop, b, batch))(*copies(args))
         finally:
             group.train(True)
-        run = gm
-        if self.compile:
-            from . import multirun
-
-            run = multirun._compiled(gm, None)
-            run(*copies(args))
-        if self.capture:
-            return _captured(run, args, copies)
-        return lambda: run(*args)
+        return self._runner(gm, args, copies)
 
 
 def _captured(run, args, copies, cuda=torch.cuda) -> Callable[[], None]:
