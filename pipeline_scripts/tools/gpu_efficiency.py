@@ -84,25 +84,29 @@ def _stops_growing(rows_done: list[dict], row: dict) -> str | None:
 
 
 def summary(result: dict, runtime: dict) -> dict:
-    """The targets, one line each: measured, target, met."""
+    """The targets, one entry each: measured img/s (None: not measured, e.g. skipped for the
+    budget), target, met (None when not measured)."""
     rates = cost.throughput(result, runtime)
     base = cost.throughput(json.loads(BASELINE.read_text()), runtime)
-    out = {}
+
+    def best(r):
+        return None if r is None else max([r["train"], *r["packed"].values()])
+
     r20 = rates.get("resnet20")
-    if r20:
-        best = max([r20["train"], *r20["packed"].values()])
-        out["resnet20_single"] = _target(r20["train"], TARGETS["resnet20_single"])
-        out["resnet20_packed"] = _target(best, TARGETS["resnet20_packed"])
-    for net, r in rates.items():
-        if net == "resnet20" or net not in base:
-            continue
-        best = max([r["train"], *r["packed"].values()])
-        want = TARGETS["packed_over_baseline"] * base[net]["train"]
-        out[f"{net}_packed"] = _target(best, want)
+    out = {
+        "resnet20_single": _target(r20 and r20["train"], TARGETS["resnet20_single"]),
+        "resnet20_packed": _target(best(r20), TARGETS["resnet20_packed"]),
+    }
+    for net in base:
+        if net != "resnet20":
+            want = TARGETS["packed_over_baseline"] * base[net]["train"]
+            out[f"{net}_packed"] = _target(best(rates.get(net)), want)
     return out
 
 
-def _target(value: float, target: float) -> dict:
+def _target(value: float | None, target: float) -> dict:
+    if value is None:
+        return {"img_s": None, "target": round(target), "met": None}
     return {"img_s": round(value), "target": round(target), "met": value >= target}
 
 
@@ -177,8 +181,11 @@ def run(args, log=print) -> dict:
         result["baseline_device_hours"] = BASELINE_HOURS
     save()
     for name, t in result["targets"].items():
-        met = "met" if t["met"] else "not met"
-        log(f"target {name}: {t['img_s']:,} img/s (target {t['target']:,}): {met}")
+        if t["met"] is None:
+            log(f"target {name} ({t['target']:,} img/s): not measured")
+        else:
+            met = "met" if t["met"] else "not met"
+            log(f"target {name}: {t['img_s']:,} img/s (target {t['target']:,}): {met}")
     hours = result.get("protocol_device_hours")
     log(
         (f"the protocol: {hours:,.0f} device-hours" if hours else "the protocol's device-hours")
